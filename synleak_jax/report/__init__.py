@@ -1,0 +1,1 @@
+"""synleak_jax.report."""

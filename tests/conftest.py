@@ -1,0 +1,20 @@
+"""Shared test setup: CPU-only JAX with 8 forced host devices (multi-device paths), float32 matmuls."""
+
+import os
+
+# Must be set before jax is imported anywhere in the test process.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+    os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def rng():
+    """A fresh random generator per test (seed drawn from the OS; printed on failure by pytest's repr)."""
+    seed = int(np.random.SeedSequence().entropy % (2**32))
+    print(f"rng seed: {seed}")
+    return np.random.default_rng(seed)
