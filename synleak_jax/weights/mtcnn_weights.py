@@ -1,0 +1,316 @@
+"""MTCNN weights: conversion from facenet-pytorch's ``pnet.pt``/``rnet.pt``/``onet.pt`` and the local cache.
+
+The three files ship inside the facenet-pytorch wheel (``facenet_pytorch/data/*.pt``, legacy pre-1.6
+torch pickles). ``synleak-fetch-mtcnn`` reads them straight out of the wheel with
+``weights.torch_pickle.load_torch_file`` (no torch, restricted unpickler), converts them here and writes
+one orbax checkpoint per network into the cache directory:
+
+  ``$SYNLEAK_CACHE/mtcnn`` (or ``~/.cache/synleak_jax/mtcnn``)/
+      ``pnet/``, ``rnet/``, ``onet/``   orbax PyTree checkpoints of ``{"params": ...}``
+      ``manifest.json``                 source wheel, per-file sha256, variable shapes, format version
+
+:func:`load_mtcnn_variables` restores them and checks them against the Flax modules' shapes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import struct
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from synleak_jax.weights.mapping import (
+    SourceTensors,
+    WeightMappingError,
+    assign_variables,
+    conv_kernel_oihw_to_hwio,
+    flatten_variables,
+    linear_oi_to_io,
+    variable_shapes,
+)
+
+FORMAT_VERSION = 1
+NET_NAMES = ("pnet", "rnet", "onet")
+# Expected sha256 of the three files in facenet-pytorch 2.6.0 (recorded when the converter was written,
+# used to say whether a wheel carries the known weights; other versions are accepted but flagged).
+FETCH_HINT = "run `synleak-fetch-mtcnn` (downloads the facenet-pytorch wheel with pip and converts its MTCNN weights)"
+
+# Layers of each net in the original state dict: (name, kind). kinds: conv (OIHW weight + bias),
+# dense (OI weight + bias), prelu (per-channel slope).
+_LAYERS = {
+    "pnet": [("conv1", "conv"), ("prelu1", "prelu"), ("conv2", "conv"), ("prelu2", "prelu"),
+             ("conv3", "conv"), ("prelu3", "prelu"), ("conv4_1", "conv"), ("conv4_2", "conv")],
+    "rnet": [("conv1", "conv"), ("prelu1", "prelu"), ("conv2", "conv"), ("prelu2", "prelu"),
+             ("conv3", "conv"), ("prelu3", "prelu"), ("dense4", "dense"), ("prelu4", "prelu"),
+             ("dense5_1", "dense"), ("dense5_2", "dense")],
+    "onet": [("conv1", "conv"), ("prelu1", "prelu"), ("conv2", "conv"), ("prelu2", "prelu"),
+             ("conv3", "conv"), ("prelu3", "prelu"), ("conv4", "conv"), ("prelu4", "prelu"),
+             ("dense5", "dense"), ("prelu5", "prelu"), ("dense6_1", "dense"), ("dense6_2", "dense"),
+             ("dense6_3", "dense")],
+}
+
+
+def cache_dir() -> Path:
+    """``$SYNLEAK_CACHE/mtcnn`` if SYNLEAK_CACHE is set, else ``~/.cache/synleak_jax/mtcnn``."""
+    root = os.environ.get("SYNLEAK_CACHE")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "synleak_jax"
+    return base / "mtcnn"
+
+
+def expected_shapes(net: str) -> dict[str, tuple[int, ...]]:
+    """Flat ``{flax_path: shape}`` of one net's variables."""
+    from synleak_jax.models import mtcnn
+
+    model = mtcnn.NETS[net]()
+    return variable_shapes(model, np.zeros(mtcnn.EXAMPLE_SHAPES[net], np.float32))
+
+
+def convert_net(net: str, tensors: Mapping[str, np.ndarray], source: str = "<weights>") -> dict:
+    """Converts one facenet-pytorch MTCNN state dict into checked Flax variables ``{"params": ...}``.
+
+    Every source tensor must be used (no silent drops); every model variable must be filled.
+    """
+    if net not in _LAYERS:
+        raise ValueError(f"unknown MTCNN net {net!r}; expected one of {NET_NAMES}")
+    src = SourceTensors(tensors, source)
+    flat: dict[str, np.ndarray] = {}
+    for name, kind in _LAYERS[net]:
+        if kind == "conv":
+            flat[f"params/{name}/kernel"] = conv_kernel_oihw_to_hwio(src.get(f"{name}.weight"))
+            flat[f"params/{name}/bias"] = src.get(f"{name}.bias")
+        elif kind == "dense":
+            # The dense kernels keep the original (W, H, C) input order: the Flax modules flatten in
+            # that order (models/mtcnn.py), so no row permutation is needed here.
+            flat[f"params/{name}/kernel"] = linear_oi_to_io(src.get(f"{name}.weight"))
+            flat[f"params/{name}/bias"] = src.get(f"{name}.bias")
+        else:
+            flat[f"params/{name}/negative_slope"] = src.get(f"{name}.weight")
+    src.check_all_used()
+    return assign_variables(expected_shapes(net), flat, source)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the legacy torch files.
+
+
+def read_torch_bytes(data: bytes, name: str) -> dict[str, np.ndarray]:
+    """Reads a torch state-dict file given as bytes, with the project's restricted reader."""
+    try:
+        from synleak_jax.weights.torch_pickle import load_torch_file
+    except ImportError:  # engineer B's reader not in the tree yet: use the local legacy-only reader
+        return _legacy_state_dict(data, name)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(name).name
+        path.write_bytes(data)
+        return dict(load_torch_file(str(path)))
+
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+}
+
+
+class _StorageType:
+    def __init__(self, name: str):
+        self.name = name
+        self.dtype = np.dtype(_STORAGE_DTYPES[name])
+
+
+def _rebuild_tensor_v2(storage, offset, size, stride, *unused):
+    key, dtype = storage
+    return ("tensor", key, dtype, int(offset), tuple(size), tuple(stride))
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Allows only the tensor-rebuild function, storage types and OrderedDict; refuses anything else."""
+
+    def __init__(self, file, name):
+        super().__init__(file)
+        self._name = name
+
+    def find_class(self, module, name):
+        if module == "collections" and name == "OrderedDict":
+            import collections
+
+            return collections.OrderedDict
+        if module == "torch._utils" and name == "_rebuild_tensor_v2":
+            return _rebuild_tensor_v2
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        raise pickle.UnpicklingError(f"{self._name}: refusing to load {module}.{name} (not a tensor)")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"{self._name}: unexpected persistent id {pid!r}")
+        _, storage_type, key, _location, _size, *rest = pid
+        if not isinstance(storage_type, _StorageType):
+            raise pickle.UnpicklingError(f"{self._name}: unknown storage type {storage_type!r}")
+        if rest and rest[0] is not None:
+            raise pickle.UnpicklingError(f"{self._name}: storage views are not supported")
+        return (str(key), storage_type.dtype)
+
+
+def _legacy_state_dict(data: bytes, name: str) -> dict[str, np.ndarray]:
+    """Minimal reader for the legacy (pre-1.6) torch format: magic, protocol, sys info, object, storages."""
+    f = io.BytesIO(data)
+    load = lambda: _RestrictedUnpickler(f, name).load()
+    if load() != _LEGACY_MAGIC:
+        raise ValueError(f"{name}: not a legacy torch file (bad magic number)")
+    load()  # protocol version
+    load()  # sys info
+    obj = load()
+    keys = load()
+    storages: dict[str, np.ndarray] = {}
+    dtypes = {}
+    for entry in _walk(obj):
+        dtypes[entry[1]] = entry[2]
+    for key in keys:
+        (count,) = struct.unpack("<q", f.read(8))
+        dtype = dtypes.get(str(key), np.dtype(np.float32))
+        raw = f.read(count * dtype.itemsize)
+        if len(raw) != count * dtype.itemsize:
+            raise ValueError(f"{name}: truncated storage {key}")
+        storages[str(key)] = np.frombuffer(raw, dtype=dtype)
+    out = {}
+    for k, v in obj.items():
+        _, key, dtype, offset, size, stride = v
+        buf = storages[key]
+        arr = np.lib.stride_tricks.as_strided(
+            buf[offset:], shape=size, strides=tuple(s * dtype.itemsize for s in stride)
+        )
+        out[k] = np.array(arr)
+    return out
+
+
+def _walk(obj):
+    if isinstance(obj, tuple) and obj and obj[0] == "tensor":
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _walk(v)
+
+
+# --------------------------------------------------------------------------------------------------
+# Cache.
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_to_cache(variables_by_net: Mapping[str, dict], sources: Mapping[str, str], origin: str,
+                  directory: Path | None = None) -> Path:
+    """Writes the converted variables (orbax) and ``manifest.json``; the manifest is written last."""
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory) if directory is not None else cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest_path = directory / "manifest.json"
+    if manifest_path.exists():
+        manifest_path.unlink()  # an interrupted rewrite must not look valid
+    ckptr = ocp.PyTreeCheckpointer()
+    shapes = {}
+    for net in NET_NAMES:
+        target = directory / net
+        if target.exists():
+            import shutil
+
+            shutil.rmtree(target)
+        variables = variables_by_net[net]
+        ckptr.save(target.absolute(), jax_tree_to_numpy(variables))
+        shapes[net] = {k: list(np.shape(v)) for k, v in flatten_variables(variables).items()}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "origin": origin,
+        "sha256": dict(sources),
+        "shapes": shapes,
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return directory
+
+
+def jax_tree_to_numpy(tree):
+    import jax
+
+    return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), tree)
+
+
+def cache_is_valid(directory: Path | None = None) -> tuple[bool, str]:
+    """Whether the cache holds a complete, current conversion; (ok, reason)."""
+    directory = Path(directory) if directory is not None else cache_dir()
+    manifest_path = directory / "manifest.json"
+    if not manifest_path.is_file():
+        return False, f"{manifest_path} missing"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as e:
+        return False, f"{manifest_path} unreadable: {e}"
+    if manifest.get("format_version") != FORMAT_VERSION:
+        return False, f"{manifest_path}: format version {manifest.get('format_version')} != {FORMAT_VERSION}"
+    for net in NET_NAMES:
+        if not (directory / net).is_dir():
+            return False, f"{directory / net} missing"
+        want = {k: list(v) for k, v in expected_shapes(net).items()}
+        if manifest.get("shapes", {}).get(net) != want:
+            return False, f"{manifest_path}: recorded shapes of {net} do not match the model"
+    return True, "ok"
+
+
+def load_mtcnn_variables(directory: str | Path | None = None) -> dict[str, dict]:
+    """Restores ``{"pnet": vars, "rnet": vars, "onet": vars}`` from the cache.
+
+    Raises:
+      FileNotFoundError: the cache is missing or incomplete (the message says to run synleak-fetch-mtcnn).
+    """
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory) if directory is not None else cache_dir()
+    ok, why = cache_is_valid(directory)
+    if not ok:
+        raise FileNotFoundError(f"MTCNN weights not found in {directory} ({why}); {FETCH_HINT}")
+    ckptr = ocp.PyTreeCheckpointer()
+    out = {}
+    for net in NET_NAMES:
+        restored = ckptr.restore((directory / net).absolute())
+        flat = {k: np.asarray(v, np.float32) for k, v in flatten_variables(restored).items()}
+        out[net] = assign_variables(expected_shapes(net), flat, str(directory / net))
+    return out
+
+
+def read_manifest(directory: str | Path | None = None) -> dict:
+    directory = Path(directory) if directory is not None else cache_dir()
+    return json.loads((directory / "manifest.json").read_text())
+
+
+def convert_wheel(wheel_path: str | Path) -> tuple[dict[str, dict], dict[str, str]]:
+    """Reads ``facenet_pytorch/data/{pnet,rnet,onet}.pt`` out of a wheel and converts them.
+
+    Returns ``(variables_by_net, sha256_by_file)``. The wheel is opened with zipfile only; nothing of
+    it is installed or executed.
+    """
+    import zipfile
+
+    wheel_path = Path(wheel_path)
+    variables, hashes = {}, {}
+    with zipfile.ZipFile(wheel_path) as zf:
+        names = set(zf.namelist())
+        for net in NET_NAMES:
+            member = f"facenet_pytorch/data/{net}.pt"
+            if member not in names:
+                raise WeightMappingError(f"{wheel_path}: no {member} inside (not a facenet-pytorch wheel?)")
+            data = zf.read(member)
+            hashes[f"{net}.pt"] = _sha256(data)
+            tensors = read_torch_bytes(data, f"{wheel_path.name}:{member}")
+            variables[net] = convert_net(net, tensors, f"{wheel_path.name}:{member}")
+    return variables, hashes
