@@ -55,7 +55,11 @@ ARCFACE_SPEC = InputSpec(
 
 
 class IBasicBlock(nn.Module):
-    """Pre-activation-style IResNet block. Input [N, H, W, C_in] -> [N, H/stride, W/stride, features]."""
+    """Pre-activation-style IResNet block. Input [N, H, W, C_in] -> [N, H/stride, W/stride, features].
+
+    Shortcut: conv1x1/stride + BN when ``downsample``; otherwise the input itself, subsampled by ``stride``
+    (AdaFace's 1x1 max-pool shortcut; insightface IResNet always has ``downsample`` when stride > 1).
+    """
 
     features: int
     stride: int = 1
@@ -77,6 +81,9 @@ class IBasicBlock(nn.Module):
         if self.downsample:
             x = torch_conv(self.features, 1, self.stride, 0, name="downsample_conv", **conv)(x)
             x = BatchNorm(name="downsample_bn", **bn)(x)
+        elif self.stride > 1:
+            # AdaFace's shortcut when channels do not change: MaxPool2d(kernel 1, stride) == subsampling.
+            x = x[:, :: self.stride, :: self.stride, :]
         return y + x.astype(y.dtype)
 
 
