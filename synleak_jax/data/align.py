@@ -1,0 +1,414 @@
+"""Face alignment: similarity transforms (Umeyama), landmark templates and bilinear warping (host side, numpy).
+
+Coordinate convention (everywhere in this module): a point ``(x, y)`` is in pixel units, ``x`` along columns and
+``y`` along rows, and the CENTRE of pixel ``[r, c]`` is the point ``(c, r)``. This is the convention of OpenCV's
+``warpAffine``, of insightface's alignment and of dlib's ``extract_image_chip``, so their matrices carry over.
+
+Templates (5 points each, ``[5, 2]`` float64, ``(x, y)`` in output-chip pixels):
+
+* ``arcface112`` (and any size that is a multiple of 112 or of 128, :func:`arcface_template`): insightface's
+  template, landmark order (left eye, right eye, nose tip, left mouth corner, right mouth corner) where "left" is
+  the subject's right, i.e. the eye on the image's left. Detectors (MTCNN, RetinaFace) output this order.
+* ``arcface112x96``: the same points shifted 8 px left, for 112 (rows) x 96 (columns) SphereFace crops.
+* ``dlib150``: dlib's face chip of size 150 with padding 0.25 (what ``dlib.get_face_chip`` and
+  ``compute_face_descriptor`` use). For landmarks in dlib's own 5-point shape-predictor order
+  (``landmark_format="dlib5"``) it reproduces ``dlib::get_face_chip_details`` + ``extract_image_chip`` exactly
+  (template :func:`dlib_chip_template`, chip-to-image Umeyama fit, dlib's chip sampling grid, border and truncation),
+  see :func:`dlib_chip_matrix`. For detector landmarks in ArcFace order (``landmark_format="arcface"``) the
+  template is derived from dlib's 68-point mean face shape (:func:`dlib_chip_template_arcface_order`: eye centres =
+  mean of the six eye-contour points, nose tip = point 30, mouth corners = points 48/54), which is the shape
+  dlib's 5-point template comes from; that path is an approximation of dlib's alignment, not a copy.
+
+Known difference from dlib: when the face in the source image is more than about twice the chip size
+(chip-to-image scale > ~2), dlib first builds an image pyramid (``pyramid_down<2>``) and samples from a
+downsampled level; we always sample the full-resolution image bilinearly (so very large faces alias slightly
+more). Chips of faces up to about 300 px wide are identical up to rounding (tests/data/test_align.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+# --------------------------------------------------------------------------------------------------------------
+# Similarity estimation
+
+
+def umeyama(src: np.ndarray, dst: np.ndarray, estimate_scale: bool = True) -> np.ndarray:
+    """Least-squares similarity transform mapping ``src`` points onto ``dst`` points (Umeyama 1991).
+
+    Minimises ``sum_i || dst_i - (s R src_i + t) ||^2`` over rotations ``R`` (det +1: reflections are
+    excluded by the sign correction of the SVD), scale ``s > 0`` and translation ``t``, in float64.
+
+    Args:
+      src: ``[N, D]`` source points (N >= 2 for D = 2).
+      dst: ``[N, D]`` destination points.
+      estimate_scale: if False, ``s = 1`` (rigid transform).
+
+    Returns:
+      ``[D, D + 1]`` float64 matrix ``[s R | t]``: ``dst ~= M[:, :D] @ p + M[:, D]``.
+
+    Raises:
+      ValueError: if the shapes differ, there are fewer than 2 points, or the source points coincide.
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    if src.ndim != 2 or src.shape != dst.shape:
+        raise ValueError(f"umeyama: src and dst must both be [N, D] with equal shapes, got {src.shape} and {dst.shape}")
+    if not (np.all(np.isfinite(src)) and np.all(np.isfinite(dst))):
+        raise ValueError("umeyama: points must be finite")
+    n, dim = src.shape
+    if n < 2:
+        raise ValueError(f"umeyama: need at least 2 point pairs, got {n}")
+    mu_s = src.mean(axis=0)
+    mu_d = dst.mean(axis=0)
+    sc = src - mu_s
+    dc = dst - mu_d
+    var_s = float(np.sum(sc * sc) / n)
+    if var_s <= 0.0:
+        raise ValueError("umeyama: source points all coincide; no similarity is defined")
+    cov = dc.T @ sc / n  # [D, D]
+    u, sing, vt = np.linalg.svd(cov)
+    d = np.ones(dim)
+    if np.linalg.det(cov) < 0:
+        d[-1] = -1.0
+    rank = int(np.sum(sing > 1e-12 * max(1.0, sing[0])))
+    if rank == dim - 1:
+        # Degenerate (collinear) configuration: the last singular direction is free; pick the proper rotation.
+        d = np.ones(dim)
+        if np.linalg.det(u) * np.linalg.det(vt) < 0:
+            d[-1] = -1.0
+    rot = u @ np.diag(d) @ vt
+    scale = float(np.sum(sing * d) / var_s) if estimate_scale else 1.0
+    t = mu_d - scale * rot @ mu_s
+    out = np.empty((dim, dim + 1), dtype=np.float64)
+    out[:, :dim] = scale * rot
+    out[:, dim] = t
+    return out
+
+
+def to_homogeneous(m: np.ndarray) -> np.ndarray:
+    """``[2, 3]`` affine -> ``[3, 3]`` homogeneous matrix (float64)."""
+    m = np.asarray(m, dtype=np.float64)
+    if m.shape == (3, 3):
+        return m.copy()
+    if m.shape != (2, 3):
+        raise ValueError(f"expected a [2, 3] or [3, 3] affine matrix, got shape {m.shape}")
+    return np.vstack([m, [0.0, 0.0, 1.0]])
+
+
+def invert_affine(m: np.ndarray) -> np.ndarray:
+    """Inverse of a ``[2, 3]`` affine matrix, as ``[2, 3]`` (float64)."""
+    return np.linalg.inv(to_homogeneous(m))[:2]
+
+
+def apply_affine(m: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Applies a ``[2, 3]`` affine to ``[N, 2]`` points; returns ``[N, 2]`` float64."""
+    m = np.asarray(m, dtype=np.float64)[:2]
+    p = np.asarray(points, dtype=np.float64)
+    return p @ m[:, :2].T + m[:, 2]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Templates
+
+#: insightface's 112x112 ArcFace template (left eye, right eye, nose, left mouth, right mouth), (x, y) pixels.
+ARCFACE_112 = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float64,
+)
+
+# dlib's 5-point template in [0, 1] chip units (dlib::get_face_chip_details), in dlib's 5-point
+# shape-predictor order: outer and inner corner of the eye on the image's right, outer and inner corner of the
+# eye on the image's left, base of the nose.
+_DLIB5_UNIT = np.array(
+    [
+        [0.8595674595992, 0.2134981538014],
+        [0.6460604764104, 0.2289674387677],
+        [0.1205750620789, 0.2137274526848],
+        [0.3340850613712, 0.2290642403242],
+        [0.4901123135679, 0.6277975316475],
+    ],
+    dtype=np.float64,
+)
+
+# ArcFace-order landmarks in the same [0, 1] chip units, from dlib's 68-point mean face shape
+# (points 36-41 / 42-47 averaged for the eye centres, point 30 nose tip, points 48 / 54 mouth corners).
+_DLIB_ARCFACE_ORDER_UNIT = np.array(
+    [
+        [0.22549183333333334, 0.21599033333333334],
+        [0.7547613333333333, 0.21599033333333334],
+        [0.490127, 0.515625],
+        [0.254149, 0.780233],
+        [0.726104, 0.780233],
+    ],
+    dtype=np.float64,
+)
+
+
+def arcface_template(size: int = 112) -> np.ndarray:
+    """ArcFace template for a ``size x size`` chip, ``[5, 2]`` float64.
+
+    Multiples of 112 are scaled by ``size / 112``; otherwise multiples of 128 are scaled by ``size / 128`` and
+    shifted right by ``8 * size / 128`` (insightface's convention for 128-pixel crops).
+    """
+    size = int(size)
+    if size <= 0:
+        raise ValueError(f"arcface_template: size must be positive, got {size}")
+    if size % 112 == 0:
+        return ARCFACE_112 * (size / 112.0)
+    if size % 128 == 0:
+        ratio = size / 128.0
+        out = ARCFACE_112 * ratio
+        out[:, 0] += 8.0 * ratio
+        return out
+    raise ValueError(f"arcface_template: size must be a multiple of 112 or of 128, got {size}")
+
+
+def dlib_chip_template(size: int = 150, padding: float = 0.25) -> np.ndarray:
+    """dlib's 5-point chip template (dlib 5-point order), ``[5, 2]`` float64 in chip pixels.
+
+    ``p = (padding + u) / (2 * padding + 1) * size`` for dlib's unit template ``u``; at size 150 and padding 0.25
+    the first point is (110.957, 46.350).
+    """
+    if size <= 0 or padding < 0:
+        raise ValueError(f"dlib_chip_template: need size > 0 and padding >= 0, got size={size}, padding={padding}")
+    return (padding + _DLIB5_UNIT) / (2.0 * padding + 1.0) * float(size)
+
+
+def dlib_chip_template_arcface_order(size: int = 150, padding: float = 0.25) -> np.ndarray:
+    """Detector-order (ArcFace order) landmarks of dlib's mean face in a dlib chip, ``[5, 2]`` float64."""
+    if size <= 0 or padding < 0:
+        raise ValueError(f"need size > 0 and padding >= 0, got size={size}, padding={padding}")
+    return (padding + _DLIB_ARCFACE_ORDER_UNIT) / (2.0 * padding + 1.0) * float(size)
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignTemplate:
+    """An alignment target: output size, template points and how the chip is sampled.
+
+    Attributes:
+      name: registry name.
+      height, width: chip size in pixels.
+      points: ``[5, 2]`` template in ArcFace landmark order (detector order).
+      style: "arcface" (fit image->template, sample with the inverse, round to nearest) or "dlib" (dlib's
+        chip geometry: fit template->image, dlib's sampling grid, strict border, truncation).
+      dlib_padding: the padding of a "dlib" template.
+    """
+
+    name: str
+    height: int
+    width: int
+    points: np.ndarray
+    style: str = "arcface"
+    dlib_padding: float = 0.25
+
+
+def _templates() -> dict[str, AlignTemplate]:
+    a96 = ARCFACE_112.copy()
+    a96[:, 0] -= 8.0
+    return {
+        "arcface112": AlignTemplate("arcface112", 112, 112, arcface_template(112)),
+        "arcface112x96": AlignTemplate("arcface112x96", 112, 96, a96),
+        "dlib150": AlignTemplate("dlib150", 150, 150, dlib_chip_template_arcface_order(150, 0.25), "dlib", 0.25),
+    }
+
+
+TEMPLATES: dict[str, AlignTemplate] = _templates()
+
+
+def get_template(name_or_template: str | AlignTemplate) -> AlignTemplate:
+    """Looks up a template by name ("arcface112", "arcface224", "arcface128", "arcface112x96", "dlib150")."""
+    if isinstance(name_or_template, AlignTemplate):
+        return name_or_template
+    name = str(name_or_template)
+    if name in TEMPLATES:
+        return TEMPLATES[name]
+    if name.startswith("arcface") and name[len("arcface"):].isdigit():
+        size = int(name[len("arcface"):])
+        return AlignTemplate(name, size, size, arcface_template(size))
+    raise KeyError(
+        f"unknown alignment template {name!r}; available: {', '.join(sorted(TEMPLATES))} "
+        "and arcface<S> for S a multiple of 112 or 128"
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Warping
+
+
+def _out_hw(out_size) -> tuple[int, int]:
+    if isinstance(out_size, (int, np.integer)):
+        return int(out_size), int(out_size)
+    h, w = out_size
+    return int(h), int(w)
+
+
+def sample_affine(
+    image: np.ndarray,
+    out_to_image: np.ndarray,
+    out_size: int | Sequence[int],
+    *,
+    border: str = "constant",
+    rounding: str | None = "round",
+) -> np.ndarray:
+    """Bilinear sampling of ``image`` on an affine grid: ``out[r, c] = image(M @ (c, r, 1))``.
+
+    Args:
+      image: ``[H, W, C]`` or ``[H, W]`` uint8 or float image.
+      out_to_image: ``[2, 3]`` (or ``[3, 3]``) matrix mapping output pixel centres ``(c, r)`` to image points.
+      out_size: int (square) or ``(height, width)`` of the output.
+      border: "constant": pixels outside the image read as 0 and are blended in (OpenCV BORDER_CONSTANT);
+        "strict": a sample is 0 unless all four neighbours lie inside the image (dlib's rule:
+        ``0 <= floor(x)`` and ``floor(x) + 1 <= W - 1``, same for y).
+      rounding: for uint8 input: "round" (nearest, halves up), "floor" (truncate, as dlib does) or None
+        (return float32 without rounding). Ignored for float input (returns float32).
+
+    Returns:
+      ``[out_h, out_w, C]`` (or ``[out_h, out_w]``) uint8 or float32.
+    """
+    img = np.asarray(image)
+    if img.ndim not in (2, 3):
+        raise ValueError(f"sample_affine: image must be [H, W] or [H, W, C], got shape {img.shape}")
+    if border not in ("constant", "strict"):
+        raise ValueError(f"sample_affine: border must be 'constant' or 'strict', got {border!r}")
+    if rounding not in ("round", "floor", None):
+        raise ValueError(f"sample_affine: rounding must be 'round', 'floor' or None, got {rounding!r}")
+    squeeze = img.ndim == 2
+    if squeeze:
+        img = img[..., None]
+    h, w, _ = img.shape
+    oh, ow = _out_hw(out_size)
+    m = np.asarray(out_to_image, dtype=np.float64)[:2]
+    if m.shape != (2, 3) or not np.all(np.isfinite(m)):
+        raise ValueError(f"sample_affine: matrix must be a finite [2, 3] affine, got {np.asarray(out_to_image)!r}")
+
+    cols, rows = np.meshgrid(np.arange(ow, dtype=np.float64), np.arange(oh, dtype=np.float64))
+    x = m[0, 0] * cols + m[0, 1] * rows + m[0, 2]
+    y = m[1, 0] * cols + m[1, 1] * rows + m[1, 2]
+    x0 = np.floor(x)
+    y0 = np.floor(y)
+    fx = (x - x0)[..., None]
+    fy = (y - y0)[..., None]
+    x0 = x0.astype(np.int64)
+    y0 = y0.astype(np.int64)
+    x1 = x0 + 1
+    y1 = y0 + 1
+    src = img.astype(np.float64)
+
+    def tap(yy, xx):
+        inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
+        v = src[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)]
+        return np.where(inside[..., None], v, 0.0)
+
+    # Same association order as dlib: (1 - fy) * ((1 - fx) tl + fx tr) + fy * ((1 - fx) bl + fx br).
+    out = (1.0 - fy) * ((1.0 - fx) * tap(y0, x0) + fx * tap(y0, x1)) + fy * (
+        (1.0 - fx) * tap(y1, x0) + fx * tap(y1, x1)
+    )
+    if border == "strict":
+        ok = (x0 >= 0) & (y0 >= 0) & (x1 < w) & (y1 < h)
+        out = np.where(ok[..., None], out, 0.0)
+    if img.dtype == np.uint8 and rounding is not None:
+        out = np.floor(out + 0.5) if rounding == "round" else np.floor(out)
+        out = np.clip(out, 0, 255).astype(np.uint8)
+    else:
+        out = out.astype(np.float32)
+    return out[..., 0] if squeeze else out
+
+
+def warp_affine(
+    image: np.ndarray,
+    image_to_out: np.ndarray,
+    out_size: int | Sequence[int],
+    *,
+    border: str = "constant",
+    rounding: str | None = "round",
+) -> np.ndarray:
+    """Like OpenCV's ``warpAffine`` (bilinear, border 0): ``image_to_out`` maps image points to output points.
+
+    Output pixel centre ``(c, r)`` takes the bilinear value of ``image`` at ``inverse(image_to_out) @ (c, r, 1)``.
+    See :func:`sample_affine` for the arguments and the exact border/rounding rules.
+    """
+    return sample_affine(image, invert_affine(image_to_out), out_size, border=border, rounding=rounding)
+
+
+def dlib_chip_matrix(landmarks: np.ndarray, template: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
+    """dlib's chip sampling grid: the ``[2, 3]`` matrix mapping chip pixel ``(c, r)`` to an image point.
+
+    Reproduces ``dlib::chip_details(chip_points, img_points, dims)`` + ``extract_image_chip``: fit the
+    similarity template -> image (Umeyama), keep its rotation and scale ``s``, centre the chip rectangle at the
+    image of the chip centre ``(cols / 2, rows / 2)``, and map the corner pixels ``(0, 0)`` and ``(cols - 1, 0)``
+    onto rectangle corners ``cols * s - 1`` pixels apart (so the grid step is ``(cols * s - 1) / (cols - 1)``,
+    slightly different from ``s``).
+
+    Args:
+      landmarks: ``[N, 2]`` image points. template: ``[N, 2]`` chip points, same order. size: chip size.
+    """
+    rows, cols = _out_hw(size)
+    tform = umeyama(template, landmarks)  # chip -> image
+    a = tform[:, :2]
+    p = a @ np.array([1.0, 0.0])
+    angle = np.arctan2(p[1], p[0])
+    scale = float(np.hypot(p[0], p[1]))
+    centre = a @ np.array([cols / 2.0, rows / 2.0]) + tform[:, 2]
+    step_x = (cols * scale - 1.0) / (cols - 1.0) if cols > 1 else scale
+    step_y = (rows * scale - 1.0) / (rows - 1.0) if rows > 1 else scale
+    cos, sin = np.cos(angle), np.sin(angle)
+    rot = np.array([[cos, -sin], [sin, cos]])
+    lin = rot @ np.diag([step_x, step_y])
+    offset = centre - lin @ np.array([(cols - 1) / 2.0, (rows - 1) / 2.0])
+    return np.hstack([lin, offset[:, None]])
+
+
+def alignment_matrix(landmarks5: np.ndarray, template: str | AlignTemplate, landmark_format: str = "arcface") -> np.ndarray:
+    """The ``[2, 3]`` float64 chip-to-image matrix that :func:`align_face` samples with.
+
+    Args:
+      landmarks5: ``[5, 2]`` (x, y) image points.
+      template: template name or :class:`AlignTemplate`.
+      landmark_format: "arcface" (detector order: eyes, nose tip, mouth corners) or "dlib5" (dlib's 5-point
+        shape-predictor order; only for "dlib" style templates).
+    """
+    t = get_template(template)
+    lm = np.asarray(landmarks5, dtype=np.float64)
+    if lm.shape != (5, 2):
+        raise ValueError(f"align: landmarks must be [5, 2] (x, y), got shape {lm.shape}")
+    if landmark_format not in ("arcface", "dlib5"):
+        raise ValueError(f"align: landmark_format must be 'arcface' or 'dlib5', got {landmark_format!r}")
+    if t.style == "dlib":
+        if landmark_format == "dlib5":
+            pts = dlib_chip_template(t.width, t.dlib_padding)
+        else:
+            pts = dlib_chip_template_arcface_order(t.width, t.dlib_padding)
+        return dlib_chip_matrix(lm, pts, (t.height, t.width))
+    if landmark_format != "arcface":
+        raise ValueError(f"align: template {t.name!r} needs ArcFace-order landmarks, got landmark_format={landmark_format!r}")
+    # insightface convention: estimate image -> template, sample with its inverse.
+    return invert_affine(umeyama(lm, t.points))
+
+
+def align_face(
+    image: np.ndarray,
+    landmarks5: np.ndarray,
+    template: str | AlignTemplate = "arcface112",
+    *,
+    landmark_format: str = "arcface",
+) -> np.ndarray:
+    """Aligned face chip ``[h, w, C]`` uint8 from an ``[H, W, C]`` uint8 image and 5 landmarks.
+
+    "arcface" style: constant border, round to nearest. "dlib" style: dlib's strict border and truncation
+    (``dlib.get_face_chip`` equivalent for ``landmark_format="dlib5"``).
+    """
+    t = get_template(template)
+    m = alignment_matrix(landmarks5, t, landmark_format)
+    if t.style == "dlib":
+        return sample_affine(image, m, (t.height, t.width), border="strict", rounding="floor")
+    return sample_affine(image, m, (t.height, t.width), border="constant", rounding="round")
