@@ -1,0 +1,82 @@
+"""Calibrated thresholds equal numpy's exact quantiles of all impostor scores."""
+
+import numpy as np
+import pytest
+
+from synleak_jax.attack import calibration as C
+from synleak_jax.attack import scores as S
+
+
+def _brute(x, labels, metric):
+    s = S.pair_scores_np(x, x, metric)
+    iu = np.triu_indices(len(x), 1)
+    same = (labels[:, None] == labels[None, :])[iu] if labels is not None else np.zeros(len(iu[0]), bool)
+    return s[iu][~same], s[iu][same]
+
+
+def _quantised_unit(rng, n, d):
+    return (rng.integers(-4, 5, size=(n, d)) / 8.0).astype(np.float32)
+
+
+@pytest.mark.parametrize("nbins,cap", [(1 << 16, 1 << 20), (64, 32)])  # second: forces the level-2 refinement
+def test_exact_tau_equals_numpy_quantile_exactly(rng, nbins, cap):
+    # Quantised embeddings: scores are exact in float32, so tau must equal numpy's order statistic bit for bit,
+    # including heavy ties.
+    x = _quantised_unit(rng, 260, 5)
+    lab = rng.integers(0, 30, 260)
+    imp, gen = _brute(x, lab, "cosine")
+    fmrs = [1e-2, 1e-3, 1e-4]
+    cal = C.calibrate_embeddings(x, lab, fmrs, metric="cosine", nbins=nbins, collect_cap=cap, block=64)
+    assert cal.n_impostor == imp.size and cal.n_genuine == gen.size
+    for t, f in zip(cal.thresholds, fmrs):
+        ref = np.quantile(imp, 1 - f, method="inverted_cdf")
+        assert t.tau == ref
+        assert t.impostors_above == (imp > ref).sum() <= t.impostors_allowed == int(np.floor(f * imp.size))
+        assert t.fnmr == pytest.approx((gen <= ref).mean())
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_tau_on_float_embeddings(rng, metric):
+    x = rng.normal(size=(400, 12)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    if metric == "euclidean":
+        x *= 0.7
+    lab = rng.integers(0, 40, 400)
+    imp, gen = _brute(x, lab, metric)
+    cal = C.calibrate_embeddings(x, lab, [1e-2, 1e-3], metric=metric, block=128)
+    for t in cal.thresholds:
+        ref = np.quantile(imp, 1 - t.fmr, method="inverted_cdf")
+        assert abs(t.tau - ref) < 2e-6  # float32 scores vs float64 reference
+        assert t.tau_native == pytest.approx(-t.tau if metric == "euclidean" else t.tau)
+    mi, si = cal.impostor_mean, cal.impostor_std
+    assert mi == pytest.approx(imp.mean(), abs=1e-5) and si == pytest.approx(imp.std(), rel=1e-4)
+    assert 0.0 <= cal.eer <= 1.0
+
+
+def test_calibrate_scores_and_fixed_threshold(rng):
+    imp = rng.normal(0, 0.1, 20011)
+    gen = rng.normal(0.6, 0.1, 3001)
+    cal = C.calibrate_scores(imp, gen, [1e-2, 1e-3], metric="cosine", fixed_thresholds={"published 0.5": 0.5})
+    for t in cal.thresholds[:2]:
+        assert t.tau == np.quantile(imp, 1 - t.fmr, method="inverted_cdf")
+        assert t.fnmr == pytest.approx((gen <= t.tau).mean())
+    fixed = cal.thresholds[2]
+    assert fixed.source == "published 0.5" and fixed.achieved_fmr == pytest.approx((imp > 0.5).mean())
+    # EER from histograms: close to the analytic value for two unit-variance-scaled normals (0.3/0.1 = 3 sigma).
+    from scipy.stats import norm
+    assert cal.eer == pytest.approx(norm.sf(3.0), abs=0.01)
+    assert cal.decidability == pytest.approx(6.0, rel=0.05)
+
+
+def test_euclidean_fixed_threshold_in_native_units(rng):
+    x = rng.normal(size=(120, 8)).astype(np.float32) * 0.2
+    imp, _ = _brute(x, None, "euclidean")
+    cal = C.calibrate_embeddings(x, None, [1e-2], metric="euclidean", fixed_thresholds={"dlib 0.6": 0.6}, block=64)
+    fixed = cal.thresholds[1]
+    assert fixed.tau_native == pytest.approx(0.6) and fixed.impostors_above == (-imp < 0.6).sum()
+
+
+def test_impossible_fmr_says_how_many_pairs_are_needed(rng):
+    x = rng.normal(size=(50, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"FMR 1e-06 .*1,000,000 impostor pairs.*only 1,225"):
+        C.calibrate_embeddings(x, None, [1e-2, 1e-6], metric="cosine")

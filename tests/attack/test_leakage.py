@@ -1,0 +1,83 @@
+"""Leakage counts equal a brute-force numpy computation; planted copies are all found at FMR 1e-3."""
+
+import numpy as np
+import pytest
+
+from synleak_jax.attack import calibration as C
+from synleak_jax.attack import leakage as L
+from synleak_jax.attack import scores as S
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_leakage_counts_equal_brute_force(rng, metric):
+    d = 10
+    real = _unit(rng.normal(size=(180, d)))
+    real_labels = rng.integers(0, 25, 180)
+    syn = _unit(rng.normal(size=(130, d)))
+    syn[:20] = _unit(real[rng.choice(180, 20)] + 0.3 * rng.normal(size=(20, d)))  # some close pairs
+    syn_labels = rng.integers(0, 13, 130)
+    k = 6
+    nb = L.compute_neighbours(syn, real, k, metric)
+    full = S.pair_scores_np(syn, real, metric)  # [Ns, Nr] float64 brute force
+    # top-k both ways equal brute force
+    np.testing.assert_allclose(nb.syn_to_real_scores, -np.sort(-full, axis=1)[:, :k], atol=1e-9)
+    np.testing.assert_allclose(nb.real_to_syn_scores, -np.sort(-full.T, axis=1)[:, :k], atol=1e-9)
+    for q in (0.9, 0.99, 0.999):
+        tau = float(np.quantile(full, q))
+        leak = L.leakage_at(nb, tau, real_labels=real_labels, syn_labels=syn_labels)
+        m = full > tau
+        assert leak.synthetic_matched == m.any(1).sum()
+        assert leak.real_images_matched == m.any(0).sum()
+        assert leak.real_identities_matched == np.unique(real_labels[m.any(0)]).size
+        # pair list: every matching pair unless a query overflowed its top-k
+        si, ri = np.nonzero(m)
+        want = set(zip(si.tolist(), ri.tolist()))
+        got = set(zip(leak.pairs["syn_idx"].tolist(), leak.pairs["real_idx"].tolist()))
+        assert got <= want
+        # "possibly truncated" = the k-th neighbour still matches
+        assert leak.truncated_synthetic_queries == (m.sum(1) >= k).sum()
+        assert leak.truncated_real_queries == (m.sum(0) >= k).sum()
+        if (m.sum(1) > k).sum() == 0 or (m.sum(0) > k).sum() == 0:
+            assert got == want
+        assert np.all(np.diff(leak.pairs["score"]) <= 0)
+        np.testing.assert_allclose(leak.pairs["score"], full[leak.pairs["syn_idx"], leak.pairs["real_idx"]])
+        # per synthetic class / per real identity
+        for row in leak.per_synthetic_class:
+            sel = syn_labels == row["class"]
+            assert row["images_matched"] == m[sel].any(1).sum()
+        assert sum(r["images_matched"] for r in leak.per_synthetic_class) == leak.synthetic_matched
+        for row in leak.per_real_identity:
+            sel = real_labels == row["identity"]
+            assert row["images_matched"] == m[:, sel].any(0).sum()
+        # remedy list: exactly the synthetic images with no match
+        np.testing.assert_array_equal(L.filtered_synthetic(130, leak, nb), np.nonzero(~m.any(1))[0])
+
+
+def test_planted_leak_every_copy_found_at_fmr_1e3(rng):
+    """Synthetic set = fresh identities + transformed copies of real embeddings; all copies found."""
+    d = 64
+    n_ids, per_id = 120, 5
+    centres = _unit(rng.normal(size=(n_ids, d)))
+    real_labels = np.repeat(np.arange(n_ids), per_id)
+    real = _unit(centres[real_labels] + 0.5 * rng.normal(size=(n_ids * per_id, d)) / np.sqrt(d) * 4)
+    cal = C.calibrate_embeddings(real, real_labels, [1e-2, 1e-3], metric="cosine", block=256)
+    tau = cal.tau(1e-3)
+    planted_real = rng.choice(len(real), 40, replace=False)
+    # "transformed copies": the embedding of a copy moves a little (noise), like a shifted/flipped image would.
+    copies = _unit(real[planted_real] + 0.15 * rng.normal(size=(40, d)) / np.sqrt(d))
+    fresh = _unit(rng.normal(size=(300, d)))
+    syn = np.concatenate([fresh, copies]).astype(np.float32)
+    planted_syn = np.arange(300, 340)
+    nb = L.compute_neighbours(syn, real, 5, "cosine")
+    leak = L.leakage_at(nb, tau, fmr=1e-3, real_labels=real_labels)
+    pairs = set(zip(leak.pairs["syn_idx"].tolist(), leak.pairs["real_idx"].tolist()))
+    for s, r in zip(planted_syn, planted_real):
+        assert (int(s), int(r)) in pairs
+    # Fresh identities rarely match: at most a few false matches expected at FMR 1e-3 (300 x 600 pairs -> ~180
+    # impostor matches spread over images; most fresh images match nothing).
+    fresh_matched = leak.synthetic_matched - 40
+    assert fresh_matched < 150
