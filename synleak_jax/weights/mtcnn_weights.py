@@ -15,11 +15,8 @@ one orbax checkpoint per network into the cache directory:
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import pickle
-import struct
 from pathlib import Path
 from typing import Mapping
 
@@ -100,105 +97,16 @@ def convert_net(net: str, tensors: Mapping[str, np.ndarray], source: str = "<wei
 
 
 def read_torch_bytes(data: bytes, name: str) -> dict[str, np.ndarray]:
-    """Reads a torch state-dict file given as bytes, with the project's restricted reader."""
-    try:
-        from synleak_jax.weights.torch_pickle import load_torch_file
-    except ImportError:  # engineer B's reader not in the tree yet: use the local legacy-only reader
-        return _legacy_state_dict(data, name)
+    """Reads a torch state-dict file given as bytes with the project's restricted reader
+    (``weights.torch_pickle.load_torch_file``: legacy and zip formats, tensors only)."""
     import tempfile
+
+    from synleak_jax.weights.torch_pickle import load_torch_file
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(name).name
         path.write_bytes(data)
         return dict(load_torch_file(str(path)))
-
-
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
-    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
-}
-
-
-class _StorageType:
-    def __init__(self, name: str):
-        self.name = name
-        self.dtype = np.dtype(_STORAGE_DTYPES[name])
-
-
-def _rebuild_tensor_v2(storage, offset, size, stride, *unused):
-    key, dtype = storage
-    return ("tensor", key, dtype, int(offset), tuple(size), tuple(stride))
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Allows only the tensor-rebuild function, storage types and OrderedDict; refuses anything else."""
-
-    def __init__(self, file, name):
-        super().__init__(file)
-        self._name = name
-
-    def find_class(self, module, name):
-        if module == "collections" and name == "OrderedDict":
-            import collections
-
-            return collections.OrderedDict
-        if module == "torch._utils" and name == "_rebuild_tensor_v2":
-            return _rebuild_tensor_v2
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(name)
-        raise pickle.UnpicklingError(f"{self._name}: refusing to load {module}.{name} (not a tensor)")
-
-    def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"{self._name}: unexpected persistent id {pid!r}")
-        _, storage_type, key, _location, _size, *rest = pid
-        if not isinstance(storage_type, _StorageType):
-            raise pickle.UnpicklingError(f"{self._name}: unknown storage type {storage_type!r}")
-        if rest and rest[0] is not None:
-            raise pickle.UnpicklingError(f"{self._name}: storage views are not supported")
-        return (str(key), storage_type.dtype)
-
-
-def _legacy_state_dict(data: bytes, name: str) -> dict[str, np.ndarray]:
-    """Minimal reader for the legacy (pre-1.6) torch format: magic, protocol, sys info, object, storages."""
-    f = io.BytesIO(data)
-    load = lambda: _RestrictedUnpickler(f, name).load()
-    if load() != _LEGACY_MAGIC:
-        raise ValueError(f"{name}: not a legacy torch file (bad magic number)")
-    load()  # protocol version
-    load()  # sys info
-    obj = load()
-    keys = load()
-    storages: dict[str, np.ndarray] = {}
-    dtypes = {}
-    for entry in _walk(obj):
-        dtypes[entry[1]] = entry[2]
-    for key in keys:
-        (count,) = struct.unpack("<q", f.read(8))
-        dtype = dtypes.get(str(key), np.dtype(np.float32))
-        raw = f.read(count * dtype.itemsize)
-        if len(raw) != count * dtype.itemsize:
-            raise ValueError(f"{name}: truncated storage {key}")
-        storages[str(key)] = np.frombuffer(raw, dtype=dtype)
-    out = {}
-    for k, v in obj.items():
-        _, key, dtype, offset, size, stride = v
-        buf = storages[key]
-        arr = np.lib.stride_tricks.as_strided(
-            buf[offset:], shape=size, strides=tuple(s * dtype.itemsize for s in stride)
-        )
-        out[k] = np.array(arr)
-    return out
-
-
-def _walk(obj):
-    if isinstance(obj, tuple) and obj and obj[0] == "tensor":
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _walk(v)
 
 
 # --------------------------------------------------------------------------------------------------

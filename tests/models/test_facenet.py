@@ -21,15 +21,9 @@ def rel_err(a, b) -> float:
 
 
 def save_and_read(state_dict, path) -> dict[str, np.ndarray]:
-    """torch.save then the project's restricted reader (weights.torch_pickle; legacy fallback reader if
-    that module is not in the tree yet)."""
-    try:
-        from synleak_jax.weights.torch_pickle import load_torch_file
-    except ImportError:
-        from synleak_jax.weights.mtcnn_weights import read_torch_bytes
+    """torch.save (zip format) then the project's restricted reader, as a user's file would go."""
+    from synleak_jax.weights.torch_pickle import load_torch_file
 
-        torch.save(state_dict, path, _use_new_zipfile_serialization=False)
-        return read_torch_bytes(path.read_bytes(), path.name)
     torch.save(state_dict, path)
     return dict(load_torch_file(str(path)))
 
