@@ -43,7 +43,7 @@ RUNS_DIR = "runs"
 
 #: Manifest keys that do not identify the store's content: they record where/how fast it was made and
 #: may differ between runs that produce identical embeddings.
-VOLATILE_KEYS = ("versions", "throughput", "created", "process_count", "notes")
+VOLATILE_KEYS = ("versions", "throughput", "created", "process_count", "notes", "dataset_path")
 
 
 class StoreError(Exception):
