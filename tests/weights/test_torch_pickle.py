@@ -1,0 +1,406 @@
+"""Tests for synleak_jax/weights/torch_pickle.py: real torch.save files in both formats, and hostile pickles."""
+
+import argparse
+import collections
+import copyreg
+import functools
+import io
+import os
+import pickle
+import subprocess
+import sys
+import types
+import zipfile
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from synleak_jax.weights import torch_pickle as tp  # noqa: E402
+
+FORMATS = pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+
+
+def _save(obj, path, zip_format):
+    torch.save(obj, path, _use_new_zipfile_serialization=zip_format)
+    return path
+
+
+def _ref(t):
+    """numpy value of a torch tensor; bfloat16/float8 compared bit-exactly through an integer view."""
+    t = t.detach().resolve_conj().resolve_neg()
+    if t.dtype in (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2):
+        return t.view(torch.int16 if t.element_size() == 2 else torch.uint8).numpy(), True
+    return t.numpy(), False
+
+
+def _assert_same(got, t):
+    ref, bits = _ref(t)
+    assert isinstance(got, np.ndarray)
+    assert got.shape == ref.shape
+    if bits:
+        assert got.dtype.itemsize == ref.dtype.itemsize and str(got.dtype) == str(t.dtype).replace("torch.", "")
+        got = got.view(ref.dtype)
+    else:
+        assert got.dtype == ref.dtype, (got.dtype, ref.dtype)
+    np.testing.assert_array_equal(got, ref)
+
+
+def _random_tensors(rng):
+    g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    return {
+        "f32": torch.randn(3, 5, generator=g),
+        "f16": torch.randn(4, 2, generator=g).half(),
+        "bf16": torch.randn(7, generator=g).bfloat16(),
+        "f64": torch.randn(2, 3, 2, generator=g).double(),
+        "i64": torch.randint(-(2**40), 2**40, (6,), generator=g),
+        "i32": torch.randint(-(2**30), 2**30, (2, 3), generator=g, dtype=torch.int32),
+        "i16": torch.randint(-1000, 1000, (5,), generator=g, dtype=torch.int16),
+        "i8": torch.randint(-100, 100, (5,), generator=g, dtype=torch.int8),
+        "u8": torch.randint(0, 255, (4, 4), generator=g, dtype=torch.uint8),
+        "bool": torch.rand(9, generator=g) > 0.5,
+        "c64": torch.randn(3, generator=g, dtype=torch.complex64),
+        "u16": torch.randint(0, 60000, (5,), generator=g).to(torch.uint16),  # _rebuild_tensor_v3
+        "f8": torch.randn(6, generator=g).to(torch.float8_e4m3fn),  # _rebuild_tensor_v3
+        "scalar": torch.tensor(float(rng.normal())),
+        "empty": torch.zeros(0, 3),
+        "param": torch.nn.Parameter(torch.randn(2, 2, generator=g)),
+        "frozen_param": torch.nn.Parameter(torch.randn(3, generator=g), requires_grad=False),
+    }
+
+
+@FORMATS
+def test_every_dtype_matches_torch(tmp_path, rng, zip_format):
+    tensors = _random_tensors(rng)
+    path = _save(tensors, tmp_path / "t.pt", zip_format)
+    got = tp.read_torch_pickle(path)
+    assert set(got) == set(tensors)
+    for k, t in tensors.items():
+        _assert_same(got[k], t)
+    if zip_format:  # torch's own loader agrees (it cannot read its legacy files with uint16/float8 storages)
+        back = torch.load(path, weights_only=True)
+        np.testing.assert_array_equal(back["f32"].numpy(), got["f32"])
+
+
+@FORMATS
+def test_views_strides_offsets_and_shared_storage(tmp_path, rng, zip_format):
+    g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    base = torch.randn(6, 8, generator=g)
+    obj = collections.OrderedDict(
+        base=base,
+        transposed=base.t(),
+        sliced=base[1:5:2, 3::2],
+        row=base[4],
+        expanded=torch.randn(1, 3, generator=g).expand(4, 3),  # stride 0
+        flat_tail=base.view(-1)[17:29],
+        conj=torch.randn(4, generator=g, dtype=torch.complex64).conj(),  # conj bit in metadata
+        neg=torch.randn(4, generator=g, dtype=torch.complex64).conj().imag,  # neg bit
+    )
+    path = _save(obj, tmp_path / "v.pt", zip_format)
+    got = tp.read_torch_pickle(path)
+    assert isinstance(got, collections.OrderedDict) and list(got) == list(obj)
+    for k, t in obj.items():
+        _assert_same(got[k], t)
+    # Shared storage stays shared (as torch does), offsets land on the right elements.
+    assert np.shares_memory(got["base"], got["sliced"])
+    assert got["transposed"].strides == (4, 32)
+
+
+@FORMATS
+def test_nested_containers_and_python_values(tmp_path, rng, zip_format):
+    t = torch.randn(3)
+    obj = {"list": [t, (t * 2, 3)], "epoch": 7, "name": "x", "lr": 0.5, "none": None, "b": b"\x00\xffraw",
+           "set": {1, 2}, "ns": argparse.Namespace(depth=50, lr=0.1)}
+    got = tp.read_torch_pickle(_save(obj, tmp_path / "n.pt", zip_format))
+    _assert_same(got["list"][0], t)
+    _assert_same(got["list"][1][0], t * 2)
+    assert got["list"][1][1] == 3 and got["epoch"] == 7 and got["name"] == "x" and got["lr"] == 0.5
+    assert got["none"] is None and got["b"] == b"\x00\xffraw" and got["set"] == {1, 2}
+    assert isinstance(got["ns"], tp.Namespace) and got["ns"].depth == 50 and got["ns"].lr == 0.1
+
+
+def _fake_lightning_attribute_dict(monkeypatch):
+    """A class pickled under Lightning's module path, without installing Lightning."""
+    names = ["pytorch_lightning", "pytorch_lightning.utilities", "pytorch_lightning.utilities.parsing"]
+    for n in names:
+        monkeypatch.setitem(sys.modules, n, types.ModuleType(n))
+
+    class AttributeDict(dict):
+        pass
+
+    AttributeDict.__module__ = names[-1]
+    AttributeDict.__qualname__ = "AttributeDict"
+    sys.modules[names[-1]].AttributeDict = AttributeDict
+    return AttributeDict
+
+
+@FORMATS
+def test_lightning_like_checkpoint(tmp_path, rng, monkeypatch, zip_format):
+    attribute_dict = _fake_lightning_attribute_dict(monkeypatch)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(int(rng.integers(2**31)))))
+    sd = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    opt.step()
+    ckpt = {
+        "epoch": 3,
+        "global_step": 1200,
+        "pytorch-lightning_version": "1.8.6",
+        "state_dict": collections.OrderedDict(sd),
+        "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 4}}}},
+        "callbacks": {"ModelCheckpoint{'monitor': 'val_acc'}": {"best_model_score": torch.tensor(0.93),
+                                                                 "best_model_path": "/ckpt/best.ckpt"}},
+        "optimizer_states": [opt.state_dict()],
+        "lr_schedulers": [{"milestones": {8: 1, 12: 1}, "base_lrs": [0.1], "last_epoch": 3}],
+        "hparams_name": "kwargs",
+        "hyper_parameters": attribute_dict(arch="ir_18", head="adaface", m=0.4, gpus=[0, 1]),
+    }
+    path = _save(ckpt, tmp_path / "l.ckpt", zip_format)
+    raw = tp.read_torch_pickle(path)
+    assert isinstance(raw["hyper_parameters"], tp.AttributeDict)
+    assert raw["hyper_parameters"]["arch"] == "ir_18" and raw["hyper_parameters"]["gpus"] == [0, 1]
+    loaded = tp.load_torch_file(path)
+    # Every key had "model." -> stripped; values equal torch's; num_batches_tracked (int64) kept.
+    assert set(loaded) == set(model.state_dict())
+    for k, v in model.state_dict().items():
+        _assert_same(loaded[k], v)
+        assert loaded[k].flags.c_contiguous
+
+
+@FORMATS
+def test_wrappers_and_prefix_stripping(tmp_path, rng, zip_format):
+    g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    sd = {"conv.weight": torch.randn(2, 3, generator=g).t(), "bn.running_mean": torch.randn(2, generator=g)}
+    cases = {
+        "plain": sd,
+        "module": {f"module.{k}": v for k, v in sd.items()},
+        "module_model": {f"module.model.{k}": v for k, v in sd.items()},
+        "wrapped_state_dict": {"state_dict": {f"module.{k}": v for k, v in sd.items()}, "epoch": 2},
+        "wrapped_model": {"model": sd, "optimizer": {"lr": 0.1}, "epoch": 9},
+    }
+    for name, obj in cases.items():
+        got = tp.load_torch_file(_save(obj, tmp_path / f"{name}.pth", zip_format))
+        assert set(got) == set(sd), name
+        for k, v in sd.items():
+            _assert_same(got[k], v)
+            assert got[k].flags.c_contiguous
+    # Not every key has the prefix -> nothing is stripped (AdaFace-style "model." + "head.kernel").
+    mixed = {"model.a": torch.ones(1), "head.kernel": torch.zeros(2)}
+    assert set(tp.load_torch_file(_save(mixed, tmp_path / "mixed.pt", zip_format))) == set(mixed)
+    # strip_prefixes=() keeps keys as saved.
+    got = tp.load_torch_file(tmp_path / "module.pth", strip_prefixes=())
+    assert set(got) == {f"module.{k}" for k in sd}
+
+
+def test_big_endian_zip_is_byteswapped(tmp_path, rng):
+    t = {"a": torch.from_numpy(rng.normal(size=(3, 4)).astype(np.float32)),
+         "b": torch.from_numpy(rng.integers(-(2**40), 2**40, size=5)), "c": torch.randn(3, dtype=torch.complex64),
+         "d": torch.randn(4).bfloat16()}
+    src = _save(t, tmp_path / "le.pt", True)
+    dst = tmp_path / "be.pt"
+    sizes = {"0": 4, "1": 8, "2": 4, "3": 2}  # storage keys in pickling order; complex swaps per component
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            prefix, _, rest = info.filename.partition("/")
+            if rest == "byteorder":
+                data = b"big"
+            elif rest.startswith("data/"):
+                size = sizes[rest[5:]]
+                data = np.frombuffer(data, np.dtype(f"u{size}")).byteswap().tobytes()
+            zout.writestr(info.filename, data)
+    ours = tp.read_torch_pickle(dst)
+    theirs = torch.load(dst, weights_only=True)  # torch swaps too: our crafted file is a valid BE checkpoint
+    for k in t:
+        _assert_same(ours[k], t[k])
+        _assert_same(ours[k], theirs[k])
+
+
+# ------------------------------------------------------------------------------------------------------
+# Hostile pickles: the reader must refuse with the global's name, and nothing may run.
+# ------------------------------------------------------------------------------------------------------
+
+
+class _Reduce:
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def _payloads(marker):
+    m = str(marker)
+    return {
+        "posix.system": _Reduce(os.system, f"touch {m}"),
+        "builtins.eval": _Reduce(eval, f"open({m!r}, 'w').close()"),
+        "builtins.exec": _Reduce(exec, f"open({m!r}, 'w').close()"),
+        "subprocess.Popen": _Reduce(subprocess.Popen, ["touch", m]),
+        "functools.partial": _Reduce(functools.partial(os.system, f"touch {m}")),
+        "builtins.getattr": _Reduce(getattr, 1, "real"),
+    }
+
+
+def _hand_pickles(marker):
+    """Raw opcode streams (protocol tricks the pickler would not emit for us)."""
+    cmd = f"touch {marker}".encode()
+    return {
+        # GLOBAL 'os system' + REDUCE (protocol 0 text form).
+        "os.system": b"cos\nsystem\n(S'" + cmd + b"'\ntR.",
+        # INST opcode: resolves a class/function by name and calls it.
+        "posix.system": b"(S'" + cmd + b"'\niposix\nsystem\n.",
+        # OBJ opcode with the callable pushed by GLOBAL.
+        "subprocess.call": b"(csubprocess\ncall\n(S'touch'\nS'" + str(marker).encode() + b"'\nlo.",
+        # STACK_GLOBAL (protocol 4): module and name as strings on the stack.
+        "nt.system": b"\x80\x04\x8c\x02nt\x8c\x06system\x93\x8c\x04echo\x85R.",
+        # copyreg._reconstructor (protocol 0/1 object reconstruction).
+        "copyreg._reconstructor": b"ccopyreg\n_reconstructor\n(cbuiltins\nobject\ncbuiltins\nobject\nNtR.",
+        # torch globals outside the allowlist.
+        "torch.load": b"ctorch\nload\n(S'" + str(marker).encode() + b"'\ntR.",
+        "torch.jit.load": b"ctorch.jit\nload\n(S'x'\ntR.",
+        "torch.nn.modules.conv.Conv2d": b"\x80\x02ctorch.nn.modules.conv\nConv2d\n)\x81.",
+    }
+
+
+def _zip_with_pickle(tmp_path, payload_pickle, name):
+    """A genuine torch zip checkpoint whose data.pkl is replaced by ``payload_pickle``."""
+    src = _save({"w": torch.ones(3)}, tmp_path / f"{name}_src.pt", True)
+    dst = tmp_path / f"{name}.pt"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = payload_pickle if info.filename.endswith("/data.pkl") else zin.read(info)
+            zout.writestr(info.filename, data)
+    return dst
+
+
+def _legacy_with_pickle(tmp_path, payload_pickle, name):
+    head = b"".join(pickle.dumps(x, protocol=2) for x in (
+        tp.MAGIC_NUMBER, tp.PROTOCOL_VERSION, {"protocol_version": 1001, "little_endian": True}))
+    dst = tmp_path / f"{name}.pt"
+    dst.write_bytes(head + payload_pickle + pickle.dumps([], protocol=2))
+    return dst
+
+
+def _all_hostile(marker):
+    out = {name: pickle.dumps({"state_dict": {"w": obj}}, protocol=2) for name, obj in _payloads(marker).items()}
+    out.update(_hand_pickles(marker))
+    return out
+
+
+@pytest.mark.parametrize("container", ["zip", "legacy"])
+def test_hostile_pickles_are_refused_and_nothing_runs(tmp_path, container):
+    marker = tmp_path / "pwned"
+    for name, payload in _all_hostile(marker).items():
+        fname = name.replace(".", "_")
+        path = (_zip_with_pickle if container == "zip" else _legacy_with_pickle)(tmp_path, payload, fname)
+        with pytest.raises(tp.ForbiddenGlobalError) as err:
+            tp.load_torch_file(path)
+        msg = str(err.value)
+        assert f"'{name}'" in msg and str(path) in msg, msg
+        assert not marker.exists(), f"{name}: payload ran"
+    # Control: the same payload through the standard unpickler really does run (the test can fail).
+    pickle.loads(pickle.dumps(_Reduce(os.system, f"touch {marker}")))
+    assert marker.exists()
+
+
+def test_whole_module_pickle_gives_hint(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(torch.nn.Linear(2, 2), path)
+    with pytest.raises(tp.ForbiddenGlobalError, match="whole pickled model"):
+        tp.read_torch_pickle(path)
+
+
+def test_extension_registry_goes_through_allowlist(tmp_path):
+    marker = tmp_path / "pwned"
+    copyreg.add_extension("posix", "system", 241)
+    try:
+        payload = b"\x80\x02\x82\xf1(X" + len(f"touch {marker}").to_bytes(4, "little") + f"touch {marker}".encode() + b"tR."
+        path = _legacy_with_pickle(tmp_path, payload, "ext")
+        with pytest.raises(tp.ForbiddenGlobalError, match="'posix.system'"):
+            tp.read_torch_pickle(path)
+    finally:
+        copyreg.remove_extension("posix", "system", 241)
+    assert not marker.exists()
+
+
+def test_build_cannot_patch_allowed_objects(tmp_path):
+    # BUILD with slot state on the OrderedDict class and on an allowed rebuild function.
+    od = b"\x80\x02ccollections\nOrderedDict\nN}X\x05\x00\x00\x00itemsK\x01s\x86b."
+    fn = b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nN}X\x08\x00\x00\x00__call__K\x01s\x86b."
+    for i, payload in enumerate((od, fn)):
+        with pytest.raises(tp.TorchFileError):
+            tp.read_torch_pickle(_legacy_with_pickle(tmp_path, payload, f"build{i}"))
+    assert callable(collections.OrderedDict.items)
+    assert list(collections.OrderedDict([(1, 2)]).items()) == [(1, 2)]
+    assert callable(tp._ALLOWED[("torch._utils", "_rebuild_tensor_v2")].fn)
+
+
+def test_out_of_bounds_view_is_refused(tmp_path):
+    # A tensor whose size/stride reaches beyond its storage must not read foreign memory.
+    src = _save({"w": torch.ones(3)}, tmp_path / "ok.pt", True)  # same tensor as _zip_with_pickle's
+    with zipfile.ZipFile(src) as z:
+        data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    bad = data.replace(b"K\x03\x85", b"M\x00\x01\x85", 1)  # size (3,) -> (256,)
+    assert bad != data
+    path = _zip_with_pickle(tmp_path, bad, "oob")
+    with pytest.raises(tp.TorchFileError, match="beyond its storage"):
+        tp.read_torch_pickle(path)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Broken files.
+# ------------------------------------------------------------------------------------------------------
+
+
+@FORMATS
+def test_truncated_files(tmp_path, rng, zip_format):
+    path = _save({"w": torch.randn(64, 64)}, tmp_path / "full.pt", zip_format)
+    data = path.read_bytes()
+    for cut in (len(data) // 2, len(data) - 100, 40):
+        short = tmp_path / f"cut{cut}.pt"
+        short.write_bytes(data[:cut])
+        with pytest.raises(tp.TorchFileError) as err:
+            tp.load_torch_file(short)
+        assert str(short) in str(err.value)
+
+
+def test_wrong_magic_and_not_torch(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(os.urandom(1000))
+    with pytest.raises(tp.TorchFileError, match="not a PyTorch checkpoint"):
+        tp.read_torch_pickle(junk)
+    wrong = tmp_path / "wrong_magic.pt"
+    good = _save({"w": torch.ones(2)}, tmp_path / "g.pt", False).read_bytes()
+    wrong.write_bytes(good.replace(tp.MAGIC_NUMBER.to_bytes(10, "little"), (tp.MAGIC_NUMBER + 1).to_bytes(10, "little")))
+    with pytest.raises(tp.TorchFileError, match="not a PyTorch checkpoint|magic"):
+        tp.read_torch_pickle(wrong)
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        tp.load_torch_file(tmp_path / "nope.pt")
+
+
+def test_missing_storage_record(tmp_path):
+    src = _save({"w": torch.ones(3), "v": torch.zeros(2)}, tmp_path / "src.pt", True)
+    dst = tmp_path / "missing.pt"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            if not info.filename.endswith("/data/1"):
+                zout.writestr(info.filename, zin.read(info))
+    with pytest.raises(tp.TorchFileError, match=r"missing\.pt.*data/1.*missing"):
+        tp.read_torch_pickle(dst)
+
+
+def test_torchscript_archive_refused(tmp_path):
+    path = tmp_path / "script.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    with pytest.raises(tp.TorchFileError, match="TorchScript"):
+        tp.read_torch_pickle(path)
+
+
+def test_no_state_dict(tmp_path):
+    path = _save({"epoch": 3, "name": "x"}, tmp_path / "nosd.pt", True)
+    with pytest.raises(tp.TorchFileError, match="no state dict"):
+        tp.load_torch_file(path)
