@@ -1,0 +1,239 @@
+"""grain input pipeline: source -> process shard -> decode (+ optional align) -> resize -> normalise -> batches.
+
+Every batch is a dict of numpy arrays with leading dimension ``batch_size`` (docs/architecture.md):
+
+* ``image``       float32 ``[B, H, W, 3]`` normalised by the model's :class:`InputSpec` (channel order applied);
+                  all zeros for padding and rejected rows;
+* ``valid``       bool ``[B]``: True only for records that decoded (and aligned) correctly;
+* ``record_id``   int64 ``[B]``: global index into the source, -1 for padding;
+* ``label``       int64 ``[B]``: the source's label, -1 when unlabelled or padding;
+* ``reject_code`` int32 ``[B]``: 0 for good rows and padding, else a code of :data:`rejects.REASONS`.
+
+Sharding is by JAX process, deterministic and independent of the worker count: "contiguous" gives process p
+the ids ``[p*S, min((p+1)*S, N))`` with ``S = ceil(N/P)``; "strided" gives ``p, p+P, p+2P, ...``. Every process
+yields :func:`num_batches` batches (short shards are padded), and the union of valid + rejected ids over the
+processes is exactly ``range(N)``, each id once.
+
+Worker processes (``num_workers > 0``) use grain's ``mp_prefetch``; batch i is always built from the same
+records, so the output does not depend on the number of workers. Module import has no side effects (grain
+workers re-import it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Iterator
+
+import grain
+import numpy as np
+from absl import flags, logging
+
+from synleak_jax.data import decode, rejects
+
+AlignFn = Callable[[np.ndarray], "np.ndarray | None"]
+
+
+def shard_size(num_records: int, process_count: int) -> int:
+    """Records per process slot: ``ceil(N / P)``."""
+    return -(-int(num_records) // int(process_count)) if num_records else 0
+
+
+def num_batches(num_records: int, batch_size: int, process_count: int = 1) -> int:
+    """Batches every process yields: ``ceil(ceil(N / P) / B)`` (the same on all processes)."""
+    if batch_size <= 0 or process_count <= 0:
+        raise ValueError("batch_size and process_count must be positive")
+    return -(-shard_size(num_records, process_count) // int(batch_size))
+
+
+def shard_ids(num_records: int, process_index: int, process_count: int, strategy: str = "contiguous") -> np.ndarray:
+    """Global record ids owned by one process, int64 ``[n_p]`` in increasing order."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    if strategy == "contiguous":
+        s = shard_size(num_records, process_count)
+        return np.arange(min(process_index * s, num_records), min((process_index + 1) * s, num_records),
+                         dtype=np.int64)
+    if strategy == "strided":
+        return np.arange(process_index, num_records, process_count, dtype=np.int64)
+    raise ValueError(f"shard strategy must be 'contiguous' or 'strided', got {strategy!r}")
+
+
+class LoadRecord:
+    """Picklable per-record transform: local position -> dict(image uint8 [H,W,3], record_id, label, reject_code).
+
+    Runs in grain workers. Any :class:`rejects.RecordError` (read, decode, pixel limit, alignment) becomes a
+    reject row; any other exception from ``align_fn`` too (code ALIGN_FAILED), so one bad record never stops
+    the pipeline.
+    """
+
+    def __init__(self, source, ids: np.ndarray, height: int, width: int, align_fn: AlignFn | None = None,
+                 max_pixels: int = decode.DEFAULT_MAX_PIXELS):
+        self.source = source
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.height, self.width = int(height), int(width)
+        self.align_fn = align_fn
+        self.max_pixels = int(max_pixels)
+
+    def __call__(self, pos: int) -> dict:
+        h, w = self.height, self.width
+        pos = int(pos)
+        if pos >= len(self.ids):
+            return {"image": np.zeros((h, w, 3), np.uint8), "record_id": -1, "label": -1, "reject_code": 0}
+        rid = int(self.ids[pos])
+        label = -1
+        try:
+            data, label = self.source.read_record(rid)
+            where = self.source.describe(rid)
+            if self.align_fn is None:
+                rgb = decode.decode_rgb(data, where, size=(h, w), max_pixels=self.max_pixels)
+            else:
+                rgb = decode.decode_rgb(data, where, size=None, max_pixels=self.max_pixels)
+                rgb = self._align(rgb, where)
+                rgb = decode.resize_rgb(rgb, h, w)
+            code = 0
+        except rejects.RecordError as e:
+            rgb, code = np.zeros((h, w, 3), np.uint8), e.code
+            if label == -1:
+                label = self._safe_label(rid)
+        return {"image": rgb, "record_id": rid, "label": int(label), "reject_code": code}
+
+    def _align(self, rgb: np.ndarray, where: str) -> np.ndarray:
+        try:
+            out = self.align_fn(rgb)
+        except rejects.RecordError:
+            raise
+        except Exception as e:  # a detector failure on one image must not stop the run
+            raise rejects.RecordError(rejects.ALIGN_FAILED, f"{where}: {type(e).__name__}: {e}") from None
+        if out is None:
+            raise rejects.RecordError(rejects.ALIGN_FAILED, f"{where}: no face")
+        out = np.asarray(out)
+        if out.dtype != np.uint8:
+            out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        return out
+
+    def _safe_label(self, rid: int) -> int:
+        try:
+            return int(self.source.label(rid))
+        except Exception:  # the label of an unreadable RecordIO record is unknown
+            return -1
+
+
+class CollateNormalize:
+    """Picklable batch function: list of per-record dicts -> the batch dict (normalised float32 images)."""
+
+    def __init__(self, spec, normalize: bool = True):
+        self.spec = spec
+        self.normalize = normalize
+
+    def __call__(self, rows: list[dict]) -> dict:
+        img = np.stack([r["image"] for r in rows])
+        rid = np.fromiter((r["record_id"] for r in rows), np.int64, len(rows))
+        code = np.fromiter((r["reject_code"] for r in rows), np.int32, len(rows))
+        label = np.fromiter((r["label"] for r in rows), np.int64, len(rows))
+        valid = (rid >= 0) & (code == 0)
+        label = np.where(rid >= 0, label, -1)
+        if self.normalize:
+            img = self.spec.normalize(img).astype(np.float32, copy=False)
+            img[~valid] = 0.0
+        else:
+            img[~valid] = 0
+        return {"image": img, "valid": valid, "record_id": rid, "label": label, "reject_code": code}
+
+
+def _ensure_flags_parsed() -> None:
+    # grain's mp_prefetch reads absl flags; outside absl.app.run they are unparsed.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+class Pipeline:
+    """Iterable of batches for one process; ``len()`` = :func:`num_batches`. Re-iterable (fresh each time).
+
+    Attributes:
+      ids: int64 global record ids of this process's shard.
+      start_batch: first batch yielded (resume support); iteration yields batches start_batch..len-1.
+    """
+
+    def __init__(self, source, spec, batch_size: int, process_index: int = 0, process_count: int = 1,
+                 num_workers: int = 0, *, align_fn: AlignFn | None = None, shard: str = "contiguous",
+                 max_pixels: int = decode.DEFAULT_MAX_PIXELS, normalize: bool = True, start_batch: int = 0,
+                 read_threads: int = 0, worker_buffer: int = 2, log_every_s: float = 30.0):
+        if isinstance(spec, str):
+            from synleak_jax.models.registry import get_spec
+            spec = get_spec(spec)
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        n = len(source)
+        if n == 0:
+            raise rejects.DataError(f"dataset is empty: {getattr(source, 'root', source)!r}")
+        self.source, self.spec = source, spec
+        self.batch_size = int(batch_size)
+        self.process_index, self.process_count = int(process_index), int(process_count)
+        self.num_workers = int(num_workers)
+        self.ids = shard_ids(n, process_index, process_count, shard)
+        self.num_batches = num_batches(n, batch_size, process_count)
+        if not 0 <= start_batch <= self.num_batches:
+            raise ValueError(f"start_batch {start_batch} not in [0, {self.num_batches}]")
+        self.start_batch = int(start_batch)
+        self._load = LoadRecord(source, self.ids, spec.height, spec.width, align_fn, max_pixels)
+        self._collate = CollateNormalize(spec, normalize)
+        self.read_threads, self.worker_buffer = int(read_threads), int(worker_buffer)
+        self.log_every_s = log_every_s
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def dataset(self) -> "grain.IterDataset":
+        """The grain dataset (positions padded to a whole number of batches)."""
+        b = self.batch_size
+        ds = grain.MapDataset.range(self.num_batches * b).map(self._load)
+        ds = ds.batch(b, batch_fn=self._collate)
+        ds = ds[self.start_batch:]
+        it = ds.to_iter_dataset(grain.ReadOptions(num_threads=self.read_threads,
+                                                  prefetch_buffer_size=max(1, 2 * self.read_threads)))
+        if self.num_workers > 0:
+            _ensure_flags_parsed()
+            it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers,
+                                                             per_worker_buffer_size=self.worker_buffer))
+        return it
+
+    def __iter__(self) -> Iterator[dict]:
+        total = self.num_batches - self.start_batch
+        t0 = last = time.perf_counter()
+        copy = self.num_workers > 0
+        for k, batch in enumerate(self.dataset(), 1):
+            if copy:
+                # Batches from workers arrive in grain shared-memory arrays; copy them into ordinary arrays so
+                # each segment is released now rather than whenever the consumer drops the batch.
+                batch = {key: np.array(v) for key, v in batch.items()}
+            now = time.perf_counter()
+            if self.log_every_s and now - last >= self.log_every_s:
+                rate = k * self.batch_size / (now - t0)
+                eta = (total - k) * self.batch_size / max(rate, 1e-9)
+                logging.info("data: batch %d/%d, %.0f images/s, ETA %.0f s", k, total, rate, eta)
+                last = now
+            yield batch
+
+
+def make_pipeline(source, spec, batch_size: int, process_index: int = 0, process_count: int = 1,
+                  num_workers: int = 0, **kwargs) -> Pipeline:
+    """Builds the batch iterator for one process (see module docstring and :class:`Pipeline`).
+
+    Args:
+      source: a source (data/sources.py, recordio.py, tfds_builders.py, verification.py).
+      spec: :class:`InputSpec` or a registered model name.
+      batch_size: rows per batch (the last batch is padded with record_id -1, valid False).
+      process_index, process_count: e.g. ``jax.process_index(), jax.process_count()``.
+      num_workers: grain worker processes for decoding (0 = in this process).
+      kwargs: align_fn, shard ("contiguous"/"strided"), max_pixels, normalize, start_batch, read_threads.
+    """
+    return Pipeline(source, spec, batch_size, process_index, process_count, num_workers, **kwargs)
+
+
+def collect_rejects(source, batches) -> list[rejects.RejectEntry]:
+    """Reject entries of an iterable of batches (consumes it)."""
+    out = []
+    for b in batches:
+        out.extend(rejects.entries_from_batch(source, b))
+    return out
