@@ -1,0 +1,412 @@
+"""Exact blockwise inner-product top-k (and the engine shared with range search).
+
+Scores are inner products `q . d` computed in float32 (cosine similarity when the inputs are L2-normalised).
+The work is tiled: for each query block `[query_block, D]` the database is scanned block by block
+(`[db_block, D]`, `lax.scan`), each tile's scores `[query_block, db_block]` are reduced to a per-row top-k at
+once and merged into a running top-k. Memory is O(query_block x db_block + nq x k): the full nq x ndb score
+matrix never exists.
+
+Database rows reach the device in chunks of several blocks (host arrays, memory-mapped embedding stores and
+jax arrays all work: anything with `.shape` and `[a:b]` slicing). The next chunk is read and transferred while
+the device works on the current one (dispatch is asynchronous), so inputs larger than device memory stream.
+
+Tie rule: equal scores are ordered by the lower database index. `lax.top_k` keeps the lower position on ties,
+and the running list (lower indices, from earlier blocks) always comes before the new block in the merge, so
+the rule holds across blocks. Padding rows score -inf and can never be returned because k <= ndb.
+
+Two precisions:
+* "float32": float32 matmuls with `Precision.HIGHEST` (no TF32 / bf16 passes on GPU).
+* "bf16_certified": the tile is screened with a bf16 x bf16 -> float32 matmul, the best k' > k candidates of
+  each row are rescored in float32, and the block is accepted only when a rigorous error bound proves that no
+  discarded entry can enter the top-k; otherwise the block is recomputed in float32 (counted in the stats).
+  See `certified.py` for the bound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax import lax
+
+PRECISIONS = ("float32", "bf16_certified")
+SELECTIONS = ("top_k", "tiled")
+
+_HIGHEST = lax.Precision.HIGHEST
+_NEG_INF = float("-inf")
+
+
+@dataclasses.dataclass
+class SearchStats:
+    """Counters of one search call.
+
+    tiles: (query block, database block) pairs scanned.
+    fallback_tiles: tiles the bf16-certified path could not certify and recomputed in float32.
+    seconds: wall time of the call.
+    """
+
+    tiles: int = 0
+    fallback_tiles: int = 0
+    seconds: float = 0.0
+
+    @property
+    def fallback_rate(self) -> float:
+        return self.fallback_tiles / self.tiles if self.tiles else 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------------------
+
+
+class Source:
+    """A 2-D float input read in row ranges: numpy / jax arrays, memmaps, or store-like array-likes.
+
+    Attributes: n (rows), d (dim), name (the argument name used in error messages).
+    """
+
+    def __init__(self, x: Any, name: str):
+        if x is None:
+            raise ValueError(f"{name} is None; expected a 2-D array [n, dim]")
+        shape = getattr(x, "shape", None)
+        if shape is None:
+            try:
+                x = np.asarray(x, dtype=np.float32)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{name} is not a numeric 2-D array: {e}") from None
+            shape = x.shape
+        if len(shape) != 2:
+            raise ValueError(f"{name} must be 2-D [n, dim], got shape {tuple(shape)}")
+        self.n, self.d = int(shape[0]), int(shape[1])
+        if self.n == 0 or self.d == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(shape)}); need at least one row and one column")
+        dtype = getattr(x, "dtype", None)
+        if dtype is not None:
+            try:
+                kind = np.dtype(dtype).kind
+            except TypeError:
+                kind = "f"  # e.g. a jax bfloat16 dtype object that numpy understands anyway
+            if kind not in "fiub":
+                raise ValueError(f"{name} has non-real dtype {dtype}; expected float embeddings")
+        self.x = x
+        self.name = name
+        self.is_jax = isinstance(x, jax.Array)
+
+    def read(self, a: int, b: int, pad_to: int | None = None):
+        """Rows [a, b) as float32 (numpy, or a jax array for jax inputs), zero-padded to `pad_to` rows.
+
+        Raises ValueError naming the argument and the row range when a row holds NaN or inf.
+        """
+        blk = self.x[a:b]
+        if self.is_jax:
+            blk = blk.astype(jnp.float32)
+            if not bool(jnp.isfinite(blk).all()):
+                bad = int(np.argmax(~np.isfinite(np.asarray(blk)).all(axis=1)))
+                raise ValueError(f"{self.name} row {a + bad} contains NaN or inf")
+            if pad_to is not None and pad_to > b - a:
+                blk = jnp.pad(blk, ((0, pad_to - (b - a)), (0, 0)))
+            return blk
+        blk = np.asarray(blk, dtype=np.float32)
+        if blk.shape != (b - a, self.d):
+            raise ValueError(f"{self.name}[{a}:{b}] returned shape {blk.shape}, expected {(b - a, self.d)}")
+        finite = np.isfinite(blk)
+        if not finite.all():
+            bad = int(np.argmax(~finite.all(axis=1)))
+            raise ValueError(f"{self.name} row {a + bad} contains NaN or inf")
+        if pad_to is not None and pad_to > b - a:
+            out = np.zeros((pad_to, self.d), np.float32)
+            out[: b - a] = blk
+            blk = out
+        return blk
+
+
+def check_common(q: Source, db: Source) -> None:
+    if q.d != db.d:
+        raise ValueError(f"dimension mismatch: queries have dim {q.d}, database has dim {db.d}")
+
+
+def check_k(k: Any, ndb: int, name: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {k!r}")
+    k = int(k)
+    if k < 1:
+        raise ValueError(f"{name} must be >= 1, got {k}")
+    if k > ndb:
+        raise ValueError(f"{name}={k} exceeds the number of database rows ({ndb})")
+    return k
+
+
+def check_block(v: Any, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-tile kernels (pure functions, traced inside the scan)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def merge_topk(run_s, run_i, blk_s, blk_i, k: int):
+    """Merge a running top-k with a block's candidates whose indices are all larger.
+
+    run_s/run_i: [b, k] (descending, ties lower index first); blk_s/blk_i: [b, m] with the same order.
+    Returns [b, k]. The running list goes first so `lax.top_k`'s lower-position tie rule = lower index.
+    """
+    s = jnp.concatenate([run_s, blk_s], axis=1)
+    i = jnp.concatenate([run_i, blk_i], axis=1)
+    top_s, pos = lax.top_k(s, k)
+    return top_s, jnp.take_along_axis(i, pos, axis=1)
+
+
+def merge_topk_lex(s, i, k: int):
+    """Top-k of arbitrary candidate lists by (score desc, index asc); s, i: [b, m] -> [b, k].
+
+    Used where candidate lists do not come in index order (sharded merges). -0.0 is folded into +0.0 so the
+    sort's total order does not split equal scores by sign.
+    """
+    neg = -(s + 0.0)
+    neg_sorted, i_sorted = lax.sort((neg, i), dimension=1, num_keys=2)
+    return -neg_sorted[:, :k], i_sorted[:, :k]
+
+
+def block_select(s, k: int, selection: str, tile: int):
+    """Exact per-row top-k of a score tile s [b, n] -> (scores [b, min(k,n)], positions int32).
+
+    "top_k": one `lax.top_k` over the row.
+    "tiled": the row is cut into tiles of `tile` columns and the k tiles with the largest maxima (ties: lower
+    tile first) are kept. They provably hold the row's top-k: an element x outside them is beaten by each of
+    the k chosen tiles' first maximum (larger, or equal and at a lower column). The chosen tiles are put back
+    in column order, so the final `lax.top_k` over their k*tile entries keeps the lower-index tie rule.
+    """
+    b, n = s.shape
+    kk = min(k, n)
+    if selection == "top_k" or n % tile != 0 or n // tile <= kk:
+        return lax.top_k(s, kk)
+    nt = n // tile
+    st = s.reshape(b, nt, tile)
+    tmax = st.max(axis=2)  # [b, nt]
+    _, tsel = lax.top_k(tmax, kk)  # tiles holding the top-k; ties -> lower tile first
+    tsel = jnp.sort(tsel, axis=1)  # keep column order so the final top_k's tie rule is the index rule
+    cand = jnp.take_along_axis(st, tsel[:, :, None], axis=1)  # [b, kk, tile]
+    cs, cpos = lax.top_k(cand.reshape(b, kk * tile), kk)
+    tile_of = jnp.take_along_axis(tsel, cpos // tile, axis=1)
+    return cs, (tile_of * tile + cpos % tile).astype(jnp.int32)
+
+
+def _dot_f32(a, b):
+    """[m, d] x [n, d] -> [m, n] float32, full float32 precision."""
+    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=_HIGHEST,
+                           preferred_element_type=jnp.float32)
+
+
+def _dot_bf16(a16, b16):
+    """bf16 [m, d] x bf16 [n, d] -> [m, n] with float32 accumulation."""
+    return lax.dot_general(a16, b16, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One jitted step: a super-block of queries against one database chunk
+# ----------------------------------------------------------------------------------------------------------
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("k", "bq", "bdb", "precision", "selection", "tile", "kprime", "count"),
+    donate_argnames=("run_s", "run_i", "run_c"),
+)
+def chunk_step(q, db, offset, ndb, tau, run_s, run_i, run_c, *, k, bq, bdb, precision, selection, tile,
+               kprime, count):
+    """Scan database chunk `db` [nb*bdb, D] for queries `q` [nqb*bq, D], updating the running top-k.
+
+    offset: global row of db[0] (int32); ndb: total valid database rows (rows >= ndb are padding);
+    tau: range threshold (only used with count=True); run_s/run_i: [nqb*bq, k] running scores / indices;
+    run_c: [nqb*bq] int32 running count of scores >= tau.
+    Returns (run_s, run_i, run_c, fallback_tiles int32).
+    """
+    nq_pad, d = q.shape
+    nqb, nb = nq_pad // bq, db.shape[0] // bdb
+    qb = q.reshape(nqb, bq, d)
+    dbb = db.reshape(nb, bdb, d)
+    if precision == "bf16_certified":
+        from synleak_jax.search import certified
+
+        aux = certified.prepare_db(dbb)
+    else:
+        aux = None
+
+    def per_qblock(args):
+        qblk, rs, ri, rc = args
+        qaux = certified.prepare_queries(qblk) if precision == "bf16_certified" else None
+
+        def body(carry, xs):
+            rs, ri, rc, nfb = carry
+            j = xs[0]
+            dblk = dbb[j]
+            base = offset + j * bdb
+            cols = base + jnp.arange(bdb, dtype=jnp.int32)
+            valid = cols < ndb
+            if precision == "bf16_certified":
+                rs, ri, fb, s_for_count = certified.certified_tile(
+                    qblk, qaux, dblk, jax.tree.map(lambda a: a[j], aux), cols, valid, rs, ri,
+                    k=k, kprime=kprime, selection=selection, tile=tile)
+                nfb = nfb + fb  # (range search, which needs every score for its counts, is float32 only)
+            else:
+                s = _dot_f32(qblk, dblk)
+                s = jnp.where(valid[None, :], s, _NEG_INF)
+                if count:
+                    rc = rc + jnp.sum(s >= tau, axis=1, dtype=jnp.int32)
+                bs, bp = block_select(s, k, selection, tile)
+                rs, ri = merge_topk(rs, ri, bs, base + bp, k)
+            return (rs, ri, rc, nfb), None
+
+        (rs, ri, rc, nfb), _ = lax.scan(body, (rs, ri, rc, jnp.int32(0)), (jnp.arange(nb),))
+        return rs, ri, rc, nfb
+
+    rs, ri, rc, nfb = lax.map(
+        per_qblock, (qb, run_s.reshape(nqb, bq, k), run_i.reshape(nqb, bq, k), run_c.reshape(nqb, bq)))
+    return rs.reshape(nq_pad, k), ri.reshape(nq_pad, k), rc.reshape(nq_pad), nfb.sum()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Driver
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _chunk_plan(n: int, block: int, chunk_rows: int):
+    """[(start, stop, padded_rows)] covering [0, n) in chunks of chunk_rows (a multiple of block)."""
+    plan = []
+    for a in range(0, n, chunk_rows):
+        b = min(n, a + chunk_rows)
+        plan.append((a, b, _round_up(b - a, block)))
+    return plan
+
+
+def search_engine(queries, database, k: int, *, query_block: int, db_block: int, precision: str,
+                  selection: str, tile: int, margin: int, db_chunk_rows: int | None, query_chunk_rows: int | None,
+                  tau: float | None, stats: SearchStats | None, log_every_s: float = 10.0):
+    """Shared driver of exact_topk and range_search. Returns numpy (scores [nq,k], idx [nq,k], counts [nq])."""
+    t0 = time.perf_counter()
+    q = Source(queries, "queries")
+    db = Source(database, "database")
+    check_common(q, db)
+    k = check_k(k, db.n)
+    bq = check_block(query_block, "query_block")
+    bdb = check_block(db_block, "db_block")
+    tile = check_block(tile, "tile")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    count = tau is not None
+    if count and precision != "float32":
+        raise ValueError("range search runs in float32 only (precision='float32')")
+    # Never pad a small database up to a large block: shrink the block to the data.
+    bdb = min(bdb, _round_up(db.n, 8))
+    bq = min(bq, _round_up(q.n, 8))
+    kprime = min(k + max(int(margin), 0), bdb)
+    d = q.d
+    # Chunks: ~256 MiB of float32 rows by default (a multiple of the block size).
+    if db_chunk_rows is None:
+        db_chunk_rows = max(1, (256 << 20) // (bdb * d * 4)) * bdb
+    db_chunk_rows = _round_up(check_block(db_chunk_rows, "db_chunk_rows"), bdb)
+    if query_chunk_rows is None:
+        query_chunk_rows = max(1, (128 << 20) // (bq * d * 4)) * bq
+    query_chunk_rows = _round_up(check_block(query_chunk_rows, "query_chunk_rows"), bq)
+    db_plan = _chunk_plan(db.n, bdb, db_chunk_rows)
+    q_plan = _chunk_plan(q.n, bq, query_chunk_rows)
+
+    out_s = np.empty((q.n, k), np.float32)
+    out_i = np.empty((q.n, k), np.int32)
+    out_c = np.zeros((q.n,), np.int64)
+    tau_arr = jnp.float32(tau if count else 0.0)
+    ndb_arr = jnp.int32(db.n)
+    step = functools.partial(chunk_step, k=k, bq=bq, bdb=bdb, precision=precision, selection=selection,
+                             tile=tile, kprime=kprime, count=count)
+
+    def load_db(ci):
+        a, b, rows = db_plan[ci]
+        return jax.device_put(db.read(a, b, pad_to=rows))
+
+    cached_single = load_db(0) if len(db_plan) == 1 else None
+    fallback = jnp.int32(0)
+    tiles = 0
+    last_log = time.perf_counter()
+    done_q = 0
+    for qa, qe, qrows in q_plan:
+        qdev = jax.device_put(q.read(qa, qe, pad_to=qrows))
+        rs = jnp.full((qrows, k), _NEG_INF, jnp.float32)
+        ri = jnp.full((qrows, k), -1, jnp.int32)
+        rc = jnp.zeros((qrows,), jnp.int32)
+        nxt = cached_single if cached_single is not None else load_db(0)
+        for ci, (a, _, rows) in enumerate(db_plan):
+            cur = nxt
+            rs, ri, rc, fb = step(qdev, cur, jnp.int32(a), ndb_arr, tau_arr, rs, ri, rc)
+            fallback = fallback + fb
+            tiles += (qrows // bq) * (rows // bdb)
+            if ci + 1 < len(db_plan):
+                nxt = load_db(ci + 1)  # host read + transfer overlap the step dispatched above
+            now = time.perf_counter()
+            if now - last_log > log_every_s:
+                frac = (done_q + (qe - qa) * (ci + 1) / len(db_plan)) / q.n
+                rate = frac * q.n / (now - t0)
+                logging.info("exact search: %.1f%% (%.0f queries/s, ETA %.0f s)", 100 * frac, rate,
+                             (1 - frac) * q.n / max(rate, 1e-9))
+                last_log = now
+        out_s[qa:qe] = np.asarray(rs)[: qe - qa]
+        out_i[qa:qe] = np.asarray(ri)[: qe - qa]
+        out_c[qa:qe] = np.asarray(rc)[: qe - qa]
+        done_q = qe
+    if not np.isfinite(out_s).all():
+        raise ValueError("scores overflowed float32 (inputs too large in magnitude); rescale the embeddings")
+    if out_i.min() < 0 or out_i.max() >= db.n:  # cannot happen for finite scores; guard against silent bugs
+        raise AssertionError("internal error: a padding row was selected")
+    if stats is not None:
+        stats.tiles += tiles
+        stats.fallback_tiles += int(fallback)
+        stats.seconds += time.perf_counter() - t0
+    return out_s, out_i, out_c
+
+
+def exact_topk(queries, database, k: int, *, query_block: int = 1024, db_block: int = 2048,
+               precision: str = "float32", selection: str = "tiled", tile: int = 64, margin: int = 16,
+               db_chunk_rows: int | None = None, query_chunk_rows: int | None = None,
+               return_stats: bool = False):
+    """Exact inner-product top-k of each query against the database.
+
+    Args:
+      queries: [nq, D] array or array-like (float; numpy, jax, memmap, embedding store `.embeddings`).
+      database: [ndb, D] array or array-like.
+      k: neighbours per query, 1 <= k <= ndb.
+      query_block, db_block: tile shape (rows). Memory is O(query_block * db_block + nq * k).
+      precision: "float32" (float32 matmuls, HIGHEST) or "bf16_certified" (bf16 screening + float32 rescoring
+        with a certified error bound, float32 fallback per tile). Both return the float32 result.
+      selection: "tiled" (exact two-level selection, faster on CPU) or "top_k" (one lax.top_k per row).
+      tile: columns per tile for selection="tiled".
+      margin: extra candidates per row for bf16_certified (k' = k + margin).
+      db_chunk_rows, query_chunk_rows: rows per host->device transfer (default ~256 / 128 MiB).
+      return_stats: also return a SearchStats.
+
+    Returns:
+      scores [nq, k] float32, descending per row; indices [nq, k] int32 into the database, ties broken by the
+      lower index. With return_stats, (scores, indices, stats).
+    """
+    stats = SearchStats()
+    s, i, _ = search_engine(queries, database, k, query_block=query_block, db_block=db_block,
+                            precision=precision, selection=selection, tile=tile, margin=margin,
+                            db_chunk_rows=db_chunk_rows, query_chunk_rows=query_chunk_rows, tau=None,
+                            stats=stats)
+    if return_stats:
+        return s, i, stats
+    return s, i
