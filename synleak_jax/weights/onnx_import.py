@@ -1,0 +1,366 @@
+"""Importer for insightface-style ONNX recognition graphs (``w600k_r50.onnx``, ``glintr100.onnx``,
+``w600k_mbf.onnx``, and the same backbones exported with ``torch.onnx.export``).
+
+These exports are made in eval mode with constant folding, which fuses every Conv and the BatchNorm that
+follows it into one Conv with a bias. Only the BatchNorms that do not follow a conv survive (IResNet: each
+block's ``bn1``, the head's ``bn2`` and ``features``; MobileFaceNet: the final BatchNorm1d). The weight names
+of the folded convs are meaningless (``onnx::Conv_269``), so this importer maps the GRAPH, not names: it walks
+the nodes in (topological) order, collects the parameterised ones (Conv, BatchNormalization, PRelu,
+Gemm/MatMul[+Add]) and matches them one by one against the model's ordered layer list
+(``convert_arcface.model_slots``), checking every shape.
+
+Representation of a folded conv in Flax: the model keeps its conv + BatchNorm pair; the conv gets the folded
+kernel and the BatchNorm becomes an exact identity plus bias: scale 1, bias = the folded conv bias, mean 0,
+var = 1 - eps (so ``rsqrt(var + eps) == 1`` up to one float32 rounding, ~6e-8). The variables therefore have
+the same structure as a state-dict conversion and work with the same module.
+
+Input normalisation: the model-zoo graphs expect NCHW float32 RGB, ``(x - 127.5) / 127.5`` applied outside the
+graph. Some graphs (mxnet-era exports) start with Sub/Mul (or Div/Add) nodes that normalise raw pixels
+inside the graph. Such a leading chain is folded into one per-channel affine map, checked to be exactly the
+registry spec's normalisation (else an error names the nodes and the mean/std found), and dropped: the
+Flax model always takes spec-normalised inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+from synleak_jax.weights.convert_arcface import (
+    emit_bn,
+    emit_conv,
+    emit_fc,
+    emit_prelu,
+    expected_shapes,
+    model_slots,
+)
+from synleak_jax.weights.mapping import WeightMappingError, assign_variables
+
+BN_EPS = 1e-5  # epsilon of every BatchNorm in the Flax ArcFace-family models
+_PARAM_OPS = ("Conv", "BatchNormalization", "PRelu", "Gemm", "MatMul")
+_PREPROC_OPS = ("Sub", "Add", "Mul", "Div")
+
+
+class OnnxImportError(WeightMappingError):
+    """An ONNX graph does not fit the model; the message names the node and/or initializer."""
+
+
+@dataclasses.dataclass
+class OnnxImport:
+    """Result of :func:`import_onnx`.
+
+    variables: Flax variables ``{"params": ..., "batch_stats": ...}`` for ``model_name``.
+    model_name: registry name (given or inferred from the graph).
+    input_normalization: "external" (the graph takes normalised input, as the model-zoo files) or
+      "in-graph" (a leading Sub/Mul chain equal to the spec's normalisation was found and dropped).
+    folded_convs: number of convs whose BatchNorm had been folded into them by the exporter.
+    """
+
+    variables: dict
+    model_name: str
+    input_normalization: str
+    folded_convs: int
+
+
+@dataclasses.dataclass
+class _Op:
+    node: Any  # onnx.NodeProto
+    index: int
+
+    @property
+    def label(self) -> str:
+        return f"node #{self.index} {self.node.op_type} {self.node.name!r}"
+
+
+class _Graph:
+    """Constants, producers/consumers and the parameterised nodes of an ONNX graph."""
+
+    def __init__(self, model, source: str):
+        from onnx import numpy_helper
+
+        self.source = source
+        g = model.graph
+        self.consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        self.nodes = list(g.node)
+        self.alias: dict[str, str] = {}
+        for node in self.nodes:
+            if node.op_type == "Constant":
+                for a in node.attribute:
+                    if a.name == "value":
+                        self.consts[node.output[0]] = numpy_helper.to_array(a.t)
+            elif node.op_type == "Identity" and node.input[0] in self.consts:
+                self.consts[node.output[0]] = self.consts[node.input[0]]
+        self.inputs = [i.name for i in g.input if i.name not in self.consts]
+        self.consumers: dict[str, list[int]] = {}
+        for idx, node in enumerate(self.nodes):
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(idx)
+
+    def const(self, name: str, op: _Op, what: str) -> np.ndarray:
+        if name not in self.consts:
+            raise OnnxImportError(
+                f"{self.source}: {op.label}: {what} {name!r} is not a constant initializer"
+            )
+        return np.asarray(self.consts[name])
+
+    def attrs(self, node) -> dict[str, Any]:
+        from onnx import helper
+
+        return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _load_model(path: str | os.PathLike):
+    try:
+        import onnx
+    except ImportError as e:  # pragma: no cover - onnx is a dependency
+        raise ImportError("reading .onnx files needs the 'onnx' package") from e
+    try:
+        return onnx.load(os.fspath(path))
+    except Exception as e:  # noqa: BLE001 - any parse error: name the file
+        raise OnnxImportError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
+
+
+def _param_ops(graph: _Graph) -> list[_Op]:
+    ops = []
+    for idx, node in enumerate(graph.nodes):
+        if node.op_type in _PARAM_OPS:
+            if node.op_type == "MatMul" and not any(i in graph.consts for i in node.input):
+                continue  # activation x activation: not a layer
+            ops.append(_Op(node, idx))
+    return ops
+
+
+def infer_model_name(graph: _Graph) -> str:
+    """Registry name from the conv structure: grouped convs -> MobileFaceNet; else IResNet (4 projection
+    shortcuts) or AdaFace IR (3 projections), depth from the number of residual units."""
+    from synleak_jax.models.adaface_ir import ADAFACE_BLOCKS
+    from synleak_jax.models.iresnet import IRESNET_BLOCKS
+
+    convs = [n for n in graph.nodes if n.op_type == "Conv"]
+    if not convs:
+        raise OnnxImportError(f"{graph.source}: graph has no Conv node; not a recognised backbone")
+    groups = [graph.attrs(n).get("group", 1) for n in convs]
+    if any(g > 1 for g in groups):
+        n_units = sum(1 for n in convs if graph.attrs(n).get("group", 1) > 1)
+        if n_units == 1 + 3 + 12 + 1:  # layers.1, 3 strided dw, 4+6+2 residual dw, GDC 7x7
+            return "mobilefacenet"
+        raise OnnxImportError(
+            f"{graph.source}: grouped-conv graph with {n_units} grouped convs; only the insightface "
+            "MobileFaceNet (blocks (1,4,6,2), 17 grouped convs) is supported"
+        )
+    k1 = sum(1 for n in convs if tuple(graph.attrs(n).get("kernel_shape", ())) == (1, 1))
+    units = (len(convs) - 1 - k1) // 2
+    table = {"iresnet": (4, IRESNET_BLOCKS), "adaface_ir": (3, ADAFACE_BLOCKS)}
+    for family, (n_proj, blocks) in table.items():
+        if k1 == n_proj:
+            for depth, b in blocks.items():
+                if sum(b) == units and len(convs) == 1 + 2 * units + n_proj:
+                    return f"{family}{depth}"
+    raise OnnxImportError(
+        f"{graph.source}: cannot infer the model: {len(convs)} convs, {k1} of them 1x1 "
+        f"({units} residual units); pass model_name"
+    )
+
+
+def _check_input_normalization(graph: _Graph, model_name: str) -> tuple[str, set[int]]:
+    """Finds a leading Sub/Add/Mul/Div chain on the data input; returns ("in-graph"|"external", node ids)."""
+    from synleak_jax.models.registry import get_spec
+
+    if len(graph.inputs) != 1:
+        raise OnnxImportError(f"{graph.source}: expected one data input, graph has {graph.inputs}")
+    spec = get_spec(model_name)
+    cur = graph.inputs[0]
+    scale, shift = np.ones(3), np.zeros(3)  # y = scale * pixel + shift, per channel (NCHW axis 1)
+    chain: list[int] = []
+    while True:
+        users = graph.consumers.get(cur, [])
+        if len(users) != 1 or graph.nodes[users[0]].op_type not in _PREPROC_OPS:
+            break
+        idx = users[0]
+        node = graph.nodes[idx]
+        other = [i for i in node.input if i != cur]
+        if len(other) != 1 or other[0] not in graph.consts:
+            break
+        c = np.asarray(graph.consts[other[0]], np.float64)
+        if c.size not in (1, 3):
+            break
+        c = np.broadcast_to(c.reshape(-1), (3,)) if c.size == 1 else c.reshape(-1)
+        if node.op_type == "Sub":
+            if node.input[0] != cur:
+                break  # constant - x: not a normalisation
+            shift = shift - c
+        elif node.op_type == "Add":
+            shift = shift + c
+        elif node.op_type == "Mul":
+            scale, shift = scale * c, shift * c
+        else:  # Div
+            if node.input[0] != cur:
+                break
+            scale, shift = scale / c, shift / c
+        chain.append(idx)
+        cur = node.output[0]
+    if not chain:
+        return "external", set()
+    # spec: (pixel - mean) / std in the model's channel order.
+    want_scale = 1.0 / np.asarray(spec.std, np.float64)
+    want_shift = -np.asarray(spec.mean, np.float64) / np.asarray(spec.std, np.float64)
+    names = ", ".join(repr(graph.nodes[i].name or graph.nodes[i].op_type) for i in chain)
+    if not (np.allclose(scale, want_scale, rtol=1e-5, atol=0) and np.allclose(shift, want_shift, rtol=1e-5, atol=1e-6)):
+        mean, std = -shift / scale, 1.0 / scale
+        raise OnnxImportError(
+            f"{graph.source}: input nodes {names} normalise pixels with mean {mean.round(4).tolist()} and std "
+            f"{std.round(4).tolist()}, but {model_name} expects mean {list(spec.mean)} std {list(spec.std)}"
+        )
+    # The chain's output must feed the first conv; rewire consumers of the chain output to read the input.
+    return "in-graph", set(chain)
+
+
+def import_onnx(path: str | os.PathLike, model_name: str | None = None) -> OnnxImport:
+    """Reads an ONNX recognition graph into Flax variables for ``model_name`` (inferred when None).
+
+    Raises:
+      OnnxImportError: naming the node / initializer and the shapes when the graph does not fit the model.
+    """
+    source = os.fspath(path)
+    graph = _Graph(_load_model(path), source)
+    if model_name is None:
+        model_name = infer_model_name(graph)
+    try:
+        slots = model_slots(model_name)
+    except KeyError as e:
+        raise OnnxImportError(f"{source}: the ONNX importer supports the ArcFace-family models only: {e}") from e
+    norm, _ = _check_input_normalization(graph, model_name)
+    shapes = expected_shapes(model_name)
+    ops = _param_ops(graph)
+    out: dict[str, np.ndarray] = {}
+    folded = 0
+    pos = 0
+
+    def need(kind: str, slot) -> _Op:
+        nonlocal pos
+        if pos >= len(ops):
+            raise OnnxImportError(
+                f"{source}: graph has only {len(ops)} parameterised nodes; {model_name} still expects a {kind} for "
+                f"{slot.path!r} (original {slot.key!r})"
+            )
+        op = ops[pos]
+        if op.node.op_type not in kind.split("|"):
+            raise OnnxImportError(
+                f"{source}: {op.label}: expected a {kind} for {model_name} layer {slot.path!r} "
+                f"(original {slot.key!r}); wrong model_name or unsupported graph"
+            )
+        pos += 1
+        return op
+
+    def check(op: _Op, name: str, value: np.ndarray, shape, what: str) -> np.ndarray:
+        if tuple(value.shape) != tuple(shape):
+            raise OnnxImportError(
+                f"{source}: {op.label}: {what} {name!r} has shape {tuple(value.shape)}, "
+                f"{model_name} layer expects {tuple(shape)}"
+            )
+        return value
+
+    def read_bn(op: _Op, c: int):
+        names = list(op.node.input[1:5])
+        vals = [check(op, n, graph.const(n, op, "BatchNorm input").astype(np.float32), (c,), "BatchNorm input")
+                for n in names]
+        eps = float(graph.attrs(op.node).get("epsilon", 1e-5))
+        scale, bias, mean, var = vals
+        # Same normalisation with our epsilon: var + eps == var' + BN_EPS.
+        var = (var.astype(np.float64) + eps - BN_EPS).astype(np.float32)
+        return scale, bias, mean, var
+
+    for slot in slots:
+        if slot.kind == "conv":
+            op = need("Conv", slot)
+            kh, kw, i, o = shapes[f"params/{slot.path}/kernel"]
+            w = check(op, op.node.input[1], graph.const(op.node.input[1], op, "weight"), (o, i, kh, kw), "weight")
+            b = None
+            if len(op.node.input) > 2 and op.node.input[2]:
+                b = check(op, op.node.input[2], graph.const(op.node.input[2], op, "bias"), (o,), "bias")
+            emit_conv(out, slot.path, w)
+            nxt = ops[pos] if pos < len(ops) else None
+            if (nxt is not None and nxt.node.op_type == "BatchNormalization"
+                    and nxt.node.input[0] == op.node.output[0]):
+                pos += 1  # un-folded export: the BatchNorm is still there
+                scale, bias, mean, var = read_bn(nxt, o)
+                if b is not None:
+                    mean = mean - b  # BN(conv + b) == BN'(conv) with mean' = mean - b
+                emit_bn(out, slot.bn_path, scale, bias, mean, var)
+            else:
+                folded += 1
+                bias = np.zeros((o,), np.float32) if b is None else b
+                emit_bn(out, slot.bn_path, np.ones((o,), np.float32), bias, np.zeros((o,), np.float32),
+                        np.full((o,), 1.0 - BN_EPS, np.float32))
+        elif slot.kind == "bn":
+            op = need("BatchNormalization", slot)
+            c = shapes[f"batch_stats/{slot.path}/mean"][0]
+            scale, bias, mean, var = read_bn(op, c)
+            if not slot.affine:
+                if not (np.all(scale == 1) and np.all(bias == 0)):
+                    raise OnnxImportError(
+                        f"{source}: {op.label}: {slot.key!r} is affine=False in {model_name} but the graph's scale/bias "
+                        f"({op.node.input[1]!r}, {op.node.input[2]!r}) are not 1/0"
+                    )
+                scale = bias = None
+            emit_bn(out, slot.path, scale, bias, mean, var)
+        elif slot.kind == "prelu":
+            op = need("PRelu", slot)
+            c = shapes[f"params/{slot.path}/negative_slope"][0]
+            a = graph.const(op.node.input[1], op, "slope").astype(np.float32)
+            if a.size == 1:
+                a = np.full((c,), float(a.reshape(())), np.float32)
+            if a.size != c or a.reshape(-1).shape != (c,) or (a.ndim > 1 and a.shape[0] not in (1, c)):
+                raise OnnxImportError(
+                    f"{source}: {op.label}: slope {op.node.input[1]!r} has shape {tuple(a.shape)}, expected {c} channels"
+                )
+            emit_prelu(out, slot.path, a.reshape(-1))
+        elif slot.kind == "fc":
+            op = need("Gemm|MatMul", slot)
+            n_in, n_out = shapes[f"params/{slot.path}/kernel"]
+            node = op.node
+            b = None
+            if node.op_type == "Gemm":
+                at = graph.attrs(node)
+                if at.get("transA", 0) or float(at.get("alpha", 1.0)) != 1.0 or float(at.get("beta", 1.0)) != 1.0:
+                    raise OnnxImportError(f"{source}: {op.label}: unsupported Gemm attributes {at}")
+                w = graph.const(node.input[1], op, "weight")
+                w = w if at.get("transB", 0) else w.T  # -> [out, in]
+                if len(node.input) > 2 and node.input[2]:
+                    b = graph.const(node.input[2], op, "bias").reshape(-1)
+            else:  # MatMul(x, W[in, out]) [+ Add(b)]
+                w = graph.const(node.input[1], op, "weight").T
+                users = graph.consumers.get(node.output[0], [])
+                if len(users) == 1 and graph.nodes[users[0]].op_type == "Add":
+                    add = graph.nodes[users[0]]
+                    other = [i for i in add.input if i != node.output[0]]
+                    if other and other[0] in graph.consts:
+                        b = np.asarray(graph.consts[other[0]]).reshape(-1)
+            check(op, node.input[1], w, (n_out, n_in), "weight (as [out, in])")
+            if slot.bias:
+                if b is None:
+                    raise OnnxImportError(f"{source}: {op.label}: {model_name} layer {slot.key!r} needs a bias; none found")
+                check(op, "bias", b, (n_out,), "bias")
+            elif b is not None:
+                raise OnnxImportError(f"{source}: {op.label}: {model_name} layer {slot.key!r} has no bias; graph has one")
+            emit_fc(out, slot.path, w, b, slot.chw)
+    if pos != len(ops):
+        extra = ", ".join(o.label for o in ops[pos:pos + 5])
+        raise OnnxImportError(
+            f"{source}: {len(ops) - pos} parameterised node(s) left over after mapping all of {model_name}: {extra}"
+        )
+    variables = assign_variables(shapes, out, source)
+    return OnnxImport(variables, model_name, norm, folded)
+
+
+def load_onnx(path: str | os.PathLike, model_name: str | None = None) -> dict:
+    """Flax variables for an insightface-style ONNX recognition graph (see :func:`import_onnx`)."""
+    return import_onnx(path, model_name).variables
+
+
+def onnx_model_name(path: str | os.PathLike) -> str:
+    """The registry model name inferred from an ONNX graph's structure."""
+    return infer_model_name(_Graph(_load_model(path), os.fspath(path)))
