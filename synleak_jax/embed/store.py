@@ -240,6 +240,13 @@ class StoreWriter:
                 self._clear()
         elif overwrite and process_index == 0:
             self._clear()
+        if process_index == 0:
+            # Temp files left by a killed run (never by this run: every process passes the init barrier
+            # before writing a chunk).
+            cdir = os.path.join(self.path, CHUNK_DIR)
+            for name in os.listdir(cdir):
+                if name.startswith(".tmp-"):
+                    os.unlink(os.path.join(cdir, name))
         # Every process writes the same identity; atomic replace makes concurrent writes harmless.
         _atomic_write_bytes(mpath, _dumps(self.manifest).encode())
 

@@ -127,3 +127,25 @@ def test_commit_rejects_incomplete_chunk(tmp_path):
     with pytest.raises(StoreError, match=r"do not cover record ids \[0, 16\)"):
         w.commit_chunk(0, np.arange(15), np.zeros(15), np.zeros((15, 16), np.float32), [])
     assert not w.is_done(0)
+
+
+def test_changed_model_refused(tmp_path, rng):
+    data = _setup(rng, n=20, reject=())
+    variables = tiny_model.init_variables(seed=6)
+    _run(tmp_path / "s", data, variables)
+    spec2 = registry.get_spec("tiny_test_euclid")
+    man = eng.build_manifest(
+        model_name="tiny_test_euclid", model_family="tiny_test", spec=spec2,
+        weights={"sha256": "a" * 64, "source": "w.pt", "format": "test"},
+        dataset={"kind": "array", "fingerprint": "fp", "num_records": 20, "num_classes": 5},
+        preprocessing={"alignment": "none", "resize": [16, 16]}, flip=False, flip_combine="none",
+        normalized=False, compute_dtype="float32", storage_dtype="float32", plan=ChunkPlan(20, 8, 2))
+    from synleak_jax.embed.store import StoreWriter
+    with pytest.raises(StoreMismatchError) as ei:
+        StoreWriter(str(tmp_path / "s"), man)
+    fields = {d[0]: (d[1], d[2]) for d in ei.value.diffs}
+    assert fields["model.name"] == ("tiny_test_net", "tiny_test_euclid")
+    assert "metric" in fields and "input_spec.channel_order" in fields and "embedding_dim" in fields
+    assert "model.name: stored \"tiny_test_net\" vs requested \"tiny_test_euclid\"" in str(ei.value)
+    # the refused request changed nothing on disk
+    assert EmbeddingStore.open(tmp_path / "s").manifest["model"]["name"] == "tiny_test_net"
