@@ -297,12 +297,6 @@ def _codecs_encode(text, encoding="utf-8"):
     return text.encode("latin1")
 
 
-def _namespace(*args, **kwargs):
-    if args:
-        raise TorchFileError("argparse.Namespace takes no positional arguments")
-    return Namespace(**kwargs)
-
-
 def _build_allowlist() -> dict[tuple[str, str], Any]:
     allow: dict[tuple[str, str], Any] = {
         ("torch._utils", "_rebuild_tensor"): _Callable("torch._utils._rebuild_tensor", _rebuild_tensor),

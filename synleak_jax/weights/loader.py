@@ -1,0 +1,218 @@
+"""``load_weights(path, model_name=None)``: one entry point for every supported weights format.
+
+The format is detected from the file's content (the extension is only a tie-breaker):
+
+============== ====================================================== ==========================================
+format         recognised by                                          read with
+============== ====================================================== ==========================================
+torch_zip      zip local-file magic ``PK\\x03\\x04``                     :func:`torch_pickle.load_torch_file`
+torch_legacy   pickled magic number 0x1950a86a20f9469cfc6c              :func:`torch_pickle.load_torch_file`
+onnx           protobuf ModelProto header (``ir_version`` field first)  :func:`onnx_import.import_onnx`
+dlib_dat       dlib ``serialize`` header of a ``loss_*`` network        :func:`convert_dlib.load_dlib_dat`
+orbax          a directory holding ``synleak_weights.json``              :func:`orbax_io.restore_variables`
+============== ====================================================== ==========================================
+
+Torch state dicts go through the per-family converters (``converters.detect_model_name`` when no model name
+is given, then ``converters.load_state_dict_into``), which check every key and shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from synleak_jax.weights import orbax_io, torch_pickle
+
+FORMATS = ("torch_zip", "torch_legacy", "onnx", "dlib_dat", "orbax")
+
+# ModelProto field tags that may follow ir_version (1): producer_name (2), producer_version (3), domain (4),
+# model_version (5), doc_string (6), graph (7), opset_import (8), metadata_props (14), training_info (20),
+# functions (25).
+_ONNX_NEXT_TAGS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0xA2, 0xCA}
+_DLIB_HEADER = re.compile(rb"\A\x01\x01\x01[\x01-\x40]loss_[a-z0-9_]+")
+
+
+class WeightsFormatError(ValueError):
+    """The weights file/directory is missing, of an unknown format or unreadable; names the path."""
+
+
+class UnknownModelError(ValueError):
+    """A model name that is not in the registry; lists the available names."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsInfo:
+    """Where loaded variables came from.
+
+    Attributes:
+      model_name: registry name of the backbone the variables belong to.
+      source_file: base name of the original weights file (for an orbax directory: the file it was converted
+        from, as recorded in its metadata).
+      sha256: hex SHA-256 of the original weights file (for an orbax directory: the recorded one, so the
+        fingerprint of a set of weights does not change when it is converted).
+      format: one of ``FORMATS`` — what was actually read.
+    """
+
+    model_name: str
+    source_file: str
+    sha256: str
+    format: str
+
+
+def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, streamed in ``chunk_bytes`` blocks (constant memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    if len(head) < 3 or head[0] != 0x08:
+        return False
+    i = 1
+    while i < len(head) and head[i] & 0x80:  # varint ir_version
+        i += 1
+    if i >= 4 or i + 1 >= len(head):
+        return False
+    return head[i + 1] in _ONNX_NEXT_TAGS and 1 <= head[1] <= 30
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Returns the format name of ``path`` (see ``FORMATS``) from its content.
+
+    Raises:
+      FileNotFoundError: nothing at ``path``.
+      WeightsFormatError: not a recognised format.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such weights file or directory")
+    if p.is_dir():
+        if orbax_io.is_weights_dir(p):
+            return "orbax"
+        raise WeightsFormatError(
+            f"{p}: a directory, but not a converted-weights directory (no {orbax_io.METADATA_FILE}; "
+            "write one with synleak-convert)"
+        )
+    with open(p, "rb") as f:
+        head = f.read(512)
+    if not head:
+        raise WeightsFormatError(f"{p}: empty file")
+    kind = torch_pickle.sniff_torch_format(head)
+    if kind is not None:
+        return kind
+    if _DLIB_HEADER.match(head):
+        return "dlib_dat"
+    if _looks_like_onnx(head):
+        return "onnx"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        raise WeightsFormatError(f"{p}: legacy tar checkpoint (PyTorch < 0.4) is not supported")
+    suffix = p.suffix.lower()
+    if suffix == ".onnx":  # a damaged ONNX file: let the ONNX reader name the problem
+        return "onnx"
+    if suffix == ".dat":
+        return "dlib_dat"
+    raise WeightsFormatError(
+        f"{p}: weights format not recognised (expected a PyTorch .pt/.pth/.ckpt (zip or legacy), an .onnx "
+        "model, a dlib .dat network or a synleak-convert directory)"
+    )
+
+
+def check_model_name(model_name: str) -> None:
+    """Raises :class:`UnknownModelError` (listing the available names) if ``model_name`` is not registered."""
+    from synleak_jax.models import registry
+
+    names = registry.available()
+    if model_name not in names:
+        raise UnknownModelError(f"unknown model {model_name!r}; available models: {', '.join(names)}")
+
+
+def load_weights(path: str | os.PathLike, model_name: str | None = None) -> tuple[dict, WeightsInfo]:
+    """Loads any supported weights file (or converted directory) as checked Flax variables.
+
+    Args:
+      path: a ``.pt``/``.pth``/``.ckpt``, ``.onnx``, dlib ``.dat`` file or a ``synleak-convert`` directory.
+      model_name: registry name; None = infer it from the weights (key names/shapes, graph structure, or the
+        directory's metadata).
+
+    Returns:
+      (variables, info): ``{"params": ..., "batch_stats": ...}`` of numpy arrays matching
+      ``registry.get_model(info.model_name)``, and a :class:`WeightsInfo`.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      UnknownModelError: ``model_name`` is not registered.
+      WeightsFormatError / torch_pickle.TorchFileError / orbax_io.CheckpointError / WeightMappingError:
+        unrecognised, truncated or malformed files, or weights that do not fit the model (messages name the
+        path and the offending key).
+    """
+    p = Path(path)
+    if model_name is not None:
+        check_model_name(model_name)
+    fmt = detect_format(p)
+    source = str(p)
+
+    if fmt == "orbax":
+        variables, meta = orbax_io.restore_variables(p)
+        saved = meta["model_name"]
+        if model_name is not None and model_name != saved:
+            raise WeightsFormatError(f"{p}: holds weights for {saved!r}, not {model_name!r}")
+        check_model_name(saved)
+        info = WeightsInfo(
+            model_name=saved,
+            source_file=str(meta.get("source_file", p.name)),
+            sha256=str(meta.get("source_sha256", "")),
+            format="orbax",
+        )
+        return variables, info
+
+    sha = file_sha256(p)
+    if fmt in ("torch_zip", "torch_legacy"):
+        from synleak_jax.weights import converters
+
+        tensors = torch_pickle.load_torch_file(p)
+        if model_name is None:
+            model_name = converters.detect_model_name({k: tuple(v.shape) for k, v in tensors.items()}, source)
+        variables = converters.load_state_dict_into(model_name, tensors, source)
+    elif fmt == "onnx":
+        from synleak_jax.weights import onnx_import
+
+        imported = onnx_import.import_onnx(p, model_name)
+        variables, model_name = imported.variables, imported.model_name
+    elif fmt == "dlib_dat":
+        from synleak_jax.weights import convert_dlib
+
+        if model_name is not None and model_name != convert_dlib.MODEL_NAME:
+            raise WeightsFormatError(f"{p}: a dlib network file holds {convert_dlib.MODEL_NAME!r}, not {model_name!r}")
+        variables = convert_dlib.load_dlib_dat(p)
+        model_name = convert_dlib.MODEL_NAME
+    else:  # pragma: no cover - detect_format only returns FORMATS
+        raise AssertionError(fmt)
+    return variables, WeightsInfo(model_name=model_name, source_file=p.name, sha256=sha, format=fmt)
+
+
+def parameter_count(variables) -> int:
+    """Number of scalars in ``variables["params"]`` (BatchNorm statistics excluded)."""
+    import jax
+
+    return int(sum(np.size(x) for x in jax.tree.leaves(variables.get("params", {}))))
+
+
+def conversion_metadata(info: WeightsInfo) -> dict:
+    """The metadata :func:`orbax_io.save_variables` records for converted weights."""
+    from synleak_jax.models import registry
+
+    return {
+        "model_name": info.model_name,
+        "input_spec": registry.get_spec(info.model_name).to_dict(),
+        "source_file": info.source_file,
+        "source_sha256": info.sha256,
+        "format": info.format,
+    }
