@@ -230,3 +230,64 @@ def forward_numpy(net: nn.Module, x_nhwc: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         out = net(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))))
     return out.double().numpy()
+
+
+# ----------------------------------------------------------------------------------------------- JAX-side helpers
+# Shared by the model, converter and ONNX tests: one compiled forward per (model, dtype) per test process.
+import functools  # noqa: E402
+
+
+@functools.lru_cache(maxsize=None)
+def jitted_apply(model_name: str, dtype_name: str = "float32"):
+    """``jax.jit(model.apply)`` for a registry model in the given compute dtype (cached)."""
+    import jax
+    import jax.numpy as jnp
+
+    from synleak_jax.models import get_model
+
+    return jax.jit(get_model(model_name, dtype=getattr(jnp, dtype_name)).apply)
+
+
+def run_flax(model_name: str, variables, x_nhwc: np.ndarray, dtype_name: str = "float32") -> np.ndarray:
+    """Flax forward with float32 'highest' matmul/conv precision; returns float64 numpy."""
+    import jax
+
+    with jax.default_matmul_precision("highest"):
+        out = jitted_apply(model_name, dtype_name)(variables, x_nhwc)
+    return np.asarray(out, np.float64)
+
+
+def rel_l2(a: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.linalg.norm(np.asarray(a, np.float64) - ref) / np.linalg.norm(ref))
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    return float(np.min((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
+
+
+def check_state_dict_parity(model_name: str, rng: np.random.Generator, n_images: int = 2, bf16: bool = True):
+    """Randomised reference -> state dict -> load_state_dict_into -> Flax forward, vs the torch forward.
+
+    Asserts relative L2 error <= 1e-5 (float32) and, when ``bf16``, <= 2e-2 with cosine >= 0.999 to the
+    float32 embedding. Returns (reference module, state dict, variables) for further checks.
+    """
+    from synleak_jax.weights.converters import load_state_dict_into
+
+    net = randomize_(make_reference(model_name), rng)
+    sd = state_dict_numpy(net)
+    variables = load_state_dict_into(model_name, sd)
+    x = rng.standard_normal((n_images, 112, 112, 3)).astype(np.float32)
+    ref = forward_numpy(net, x)
+    out = run_flax(model_name, variables, x)
+    assert out.shape == (n_images, 512)
+    err = rel_l2(out, ref)
+    assert err <= 1e-5, f"{model_name}: float32 relative L2 error {err:.3g} > 1e-5"
+    if bf16:
+        out16 = run_flax(model_name, variables, x, "bfloat16")
+        err16 = rel_l2(out16, ref)
+        cos = min_cosine(out16, out)
+        assert err16 <= 2e-2, f"{model_name}: bf16 relative L2 error {err16:.3g} > 2e-2"
+        assert cos >= 0.999, f"{model_name}: bf16 cosine to float32 {cos:.6f} < 0.999"
+    return net, sd, variables

@@ -1,0 +1,77 @@
+"""IResNet (synleak_jax/models/iresnet.py): parameter counts and parity with a PyTorch reference."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from synleak_jax.models import get_model
+from synleak_jax.models.layers import count_params
+from tests.models import torch_refs_arcface as refs
+
+# REFERENCE.md section 2 (every nn.Parameter of insightface's iresnet.py, frozen final-BN scale included).
+INSIGHTFACE_COUNTS = {
+    "iresnet18": 24_025_600,
+    "iresnet34": 34_139_328,
+    "iresnet50": 43_590_848,
+    "iresnet100": 65_156_160,
+    "iresnet200": 118_833_920,
+}
+
+
+@pytest.mark.parametrize("name", sorted(INSIGHTFACE_COUNTS))
+def test_parameter_count_equals_insightface(name):
+    assert count_params(get_model(name), (1, 112, 112, 3)) == INSIGHTFACE_COUNTS[name]
+
+
+@pytest.mark.parametrize("name", ["iresnet18", "iresnet50"])
+def test_parameter_count_equals_torch_reference(name):
+    import torch
+
+    with torch.device("meta"):  # shapes only, no memory
+        ref = refs.make_reference(name)
+    assert refs.torch_param_count(ref) == count_params(get_model(name), (1, 112, 112, 3))
+
+
+def test_output_shape_and_dtype_abstract():
+    model = get_model("iresnet50", dtype=jnp.bfloat16)
+    x = jax.ShapeDtypeStruct((3, 112, 112, 3), jnp.float32)
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 112, 112, 3))))
+    out = jax.eval_shape(model.apply, variables, x)
+    # The head (fc + final BN) runs in float32 even when the trunk is bf16, as in the original fp16 mode.
+    assert out.shape == (3, 512) and out.dtype == jnp.float32
+    assert all(v.dtype == jnp.float32 for v in jax.tree_util.tree_leaves(variables))
+
+
+def test_rejects_nchw_input():
+    model = get_model("iresnet18")
+    with pytest.raises(ValueError, match="NHWC"):
+        jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 112, 112))))
+
+
+def test_iresnet18_parity_fp32_and_bf16(rng):
+    refs.check_state_dict_parity("iresnet18", rng, n_images=3)
+
+
+@pytest.mark.slow
+def test_iresnet34_parity_fp32(rng):
+    refs.check_state_dict_parity("iresnet34", rng, n_images=1, bf16=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["iresnet50", "iresnet100", "iresnet200"])
+def test_deep_parity_fp32_and_bf16(name, rng):
+    refs.check_state_dict_parity(name, rng, n_images=2)
+
+
+def test_randomised_weights_change_the_output(rng):
+    """Guards the parity test itself: a perturbed running_var must change the embedding noticeably."""
+    from synleak_jax.weights.converters import load_state_dict_into
+
+    net = refs.randomize_(refs.make_reference("iresnet18"), rng)
+    sd = refs.state_dict_numpy(net)
+    x = rng.standard_normal((1, 112, 112, 3)).astype(np.float32)
+    ref = refs.forward_numpy(net, x)
+    sd["layer3.1.bn2.running_var"] = sd["layer3.1.bn2.running_var"] * 2.0
+    out = refs.run_flax("iresnet18", load_state_dict_into("iresnet18", sd), x)
+    assert refs.rel_l2(out, ref) > 1e-3
