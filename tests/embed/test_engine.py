@@ -92,3 +92,21 @@ def test_bad_batch_shape_is_named(rng):
         list(e.run(bad, 8))
     with pytest.raises(ValueError, match="multiple of the number of devices"):
         e.local_batch_size(12)
+
+
+@pytest.mark.slow  # ~1 min each on the shared 2-core machine (XLA compile of a full backbone)
+@pytest.mark.parametrize("name", ["mobilefacenet", "dlib_resnet_v1"])
+def test_real_registry_model_on_8_devices(rng, name):
+    """A real registered backbone (random init) through the sharded engine equals per-image apply."""
+    spec = registry.get_spec(name)
+    model = registry.get_model(name)
+    variables = model.init(jax.random.PRNGKey(int(rng.integers(1 << 30))),
+                           jnp.zeros((1, spec.height, spec.width, 3), jnp.float32))
+    images = spec.normalize(rng.integers(0, 256, (9, spec.height, spec.width, 3)).astype(np.uint8))
+    e = eng.EmbeddingEngine(model, variables, spec, flip=True)
+    got = eng.embed_array(e, images, batch_size=8)
+    normalize = spec.metric == "cosine"
+    assert e.normalize == normalize and e.flip_combine == ("sum" if normalize else "mean")
+    ref = _reference(name, variables, images, True, normalize)
+    scale = 1.0 if normalize else max(1.0, float(np.max(np.abs(ref))))
+    assert np.max(np.abs(got - ref)) <= 1e-5 * scale
