@@ -58,12 +58,25 @@ class PNet(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray):
+    def __call__(self, x: jnp.ndarray, valid_hw: jnp.ndarray | None = None):
+        """Args:
+          x: ``[N, H, W, 3]`` normalised RGB.
+          valid_hw: optional int32 ``[2]``: the true image size inside a zero-padded ``x`` (size bucketing).
+            Outputs at ``[:H'(valid), :W'(valid)]`` then equal those of the unpadded image exactly: the
+            conv1 rows/columns that only exist because of the padding are set to -inf before the ceil-mode
+            pool, so the partial last window sees exactly what it would see unpadded.
+        """
         conv = lambda f, k, name: nn.Conv(f, (k, k), padding="VALID", dtype=self.dtype,
                                           param_dtype=self.param_dtype, name=name)
         act = lambda name: PReLU(self.param_dtype, name=name)
         x = act("prelu1")(conv(10, 3, "conv1")(x))
+        if valid_hw is not None:
+            rows = jnp.arange(x.shape[1])[:, None] < (valid_hw[0] - 2)
+            cols = jnp.arange(x.shape[2])[None, :] < (valid_hw[1] - 2)
+            x = jnp.where((rows & cols)[None, :, :, None], x, -jnp.inf)
         x = max_pool_ceil(x, 2, 2)
+        if valid_hw is not None:
+            x = jnp.where(jnp.isfinite(x), x, 0.0)  # pooled cells wholly in the padding: keep them finite
         x = act("prelu2")(conv(16, 3, "conv2")(x))
         x = act("prelu3")(conv(32, 3, "conv3")(x))
         prob = nn.softmax(conv(2, 1, "conv4_1")(x).astype(jnp.float32), axis=-1)
