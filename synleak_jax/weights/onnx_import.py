@@ -91,13 +91,39 @@ class _Graph:
                 for a in node.attribute:
                     if a.name == "value":
                         self.consts[node.output[0]] = numpy_helper.to_array(a.t)
-            elif node.op_type == "Identity" and node.input[0] in self.consts:
-                self.consts[node.output[0]] = self.consts[node.input[0]]
+            elif node.input and node.input[0] in self.consts:
+                self._fold_shape_op(node)
         self.inputs = [i.name for i in g.input if i.name not in self.consts]
         self.consumers: dict[str, list[int]] = {}
         for idx, node in enumerate(self.nodes):
             for name in node.input:
                 self.consumers.setdefault(name, []).append(idx)
+
+    def _fold_shape_op(self, node) -> None:
+        """Evaluates Identity/Unsqueeze/Squeeze/Reshape of constants (un-folded exports route weights and
+        PReLU slopes through them)."""
+        x = np.asarray(self.consts[node.input[0]])
+        at = self.attrs(node)
+        second = node.input[1] if len(node.input) > 1 and node.input[1] in self.consts else None
+        if node.op_type == "Identity":
+            y = x
+        elif node.op_type == "Unsqueeze":
+            axes = at.get("axes") if second is None else self.consts[second].tolist()
+            if axes is None:
+                return
+            y = x
+            for a in sorted(int(a) % (x.ndim + len(axes)) for a in axes):
+                y = np.expand_dims(y, a)
+        elif node.op_type == "Squeeze":
+            axes = at.get("axes") if second is None else self.consts[second].tolist()
+            y = np.squeeze(x) if axes is None else np.squeeze(x, tuple(int(a) for a in axes))
+        elif node.op_type == "Reshape" and second is not None:
+            shape = [int(d) for d in self.consts[second].reshape(-1)]
+            shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
+            y = x.reshape(shape)
+        else:
+            return
+        self.consts[node.output[0]] = y
 
     def const(self, name: str, op: _Op, what: str) -> np.ndarray:
         if name not in self.consts:

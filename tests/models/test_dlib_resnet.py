@@ -164,3 +164,14 @@ def test_bfloat16_compute_stays_close(variables, fixture):
     assert b.dtype == np.float32
     # bf16 activations (8-bit mantissa) move descriptors by a few hundredths: well inside the 0.6 threshold.
     assert np.linalg.norm(a - b, axis=1).max() < 0.1
+
+
+def test_detector_order_alignment_approximates_dlib(fixture, embed_fn):
+    """align_face(..., landmark_format="arcface") from eye centres / nose tip / mouth corners vs dlib's chip from
+    its 68-point shape: the approximate path lands far inside the 0.6 same-person threshold."""
+    from skimage import data as skdata
+
+    chip = align.align_face(skdata.astronaut(), fixture["astronaut_landmarks_arcface_order"], "dlib150")
+    got = embed_fn(chip[None])[0]
+    dist = np.linalg.norm(got - fixture["astronaut_desc68_dlib"])
+    assert dist < DETECTOR_ORDER_MAX_DIST, dist
