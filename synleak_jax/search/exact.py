@@ -221,13 +221,8 @@ def _dot_bf16(a16, b16):
 # ----------------------------------------------------------------------------------------------------------
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("k", "bq", "bdb", "precision", "selection", "tile", "kprime", "count"),
-    donate_argnames=("run_s", "run_i", "run_c"),
-)
-def chunk_step(q, db, offset, ndb, tau, run_s, run_i, run_c, *, k, bq, bdb, precision, selection, tile,
-               kprime, count):
+def chunk_step_impl(q, db, offset, ndb, tau, run_s, run_i, run_c, *, k, bq, bdb, precision, selection, tile,
+                    kprime, count):
     """Scan database chunk `db` [nb*bdb, D] for queries `q` [nqb*bq, D], updating the running top-k.
 
     offset: global row of db[0] (int32); ndb: total valid database rows (rows >= ndb are padding);
@@ -277,6 +272,10 @@ def chunk_step(q, db, offset, ndb, tau, run_s, run_i, run_c, *, k, bq, bdb, prec
     rs, ri, rc, nfb = lax.map(
         per_qblock, (qb, run_s.reshape(nqb, bq, k), run_i.reshape(nqb, bq, k), run_c.reshape(nqb, bq)))
     return rs.reshape(nq_pad, k), ri.reshape(nq_pad, k), rc.reshape(nq_pad), nfb.sum()
+
+
+STEP_STATIC = ("k", "bq", "bdb", "precision", "selection", "tile", "kprime", "count")
+chunk_step = jax.jit(chunk_step_impl, static_argnames=STEP_STATIC, donate_argnames=("run_s", "run_i", "run_c"))
 
 
 # ----------------------------------------------------------------------------------------------------------
