@@ -20,6 +20,10 @@ from absl import app, flags, logging
 _WEIGHTS = flags.DEFINE_string("weights", None, "Weights file to convert (.pt/.pth/.ckpt, .onnx, dlib .dat).")
 _MODEL = flags.DEFINE_string("model", None, "Registry model name (default: inferred from the weights).")
 _OUT = flags.DEFINE_string("out", None, "Output directory for the converted variables (orbax).")
+_OPAQUE = flags.DEFINE_bool(
+    "allow_opaque_objects", False,
+    "PyTorch checkpoints: turn objects of unknown types outside the state dict (e.g. OmegaConf configs in a "
+    "Lightning .ckpt) into inert placeholders instead of refusing the file. Nothing is executed either way.")
 # synleak-embed defines a boolean of the same name: share it when both modules are imported in one process
 # (allow_override lets either module be imported first).
 if "overwrite" not in flags.FLAGS:
@@ -32,11 +36,12 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-def convert(weights: str, out: str, model: str | None = None, overwrite: bool = False) -> dict:
+def convert(weights: str, out: str, model: str | None = None, overwrite: bool = False,
+            allow_opaque: bool = False) -> dict:
     """Converts ``weights`` into an orbax directory ``out``; returns a summary dict (what main prints)."""
     from synleak_jax.weights import loader, orbax_io
 
-    variables, info = loader.load_weights(weights, model)
+    variables, info = loader.load_weights(weights, model, allow_opaque=allow_opaque)
     written = orbax_io.save_variables(out, variables, loader.conversion_metadata(info), overwrite=overwrite)
     return {
         "model": info.model_name,
@@ -76,7 +81,7 @@ def main(argv) -> None:
     except ImportError:  # pragma: no cover
         pass
     try:
-        summary = convert(_WEIGHTS.value, _OUT.value, _MODEL.value, flags.FLAGS.overwrite)
+        summary = convert(_WEIGHTS.value, _OUT.value, _MODEL.value, flags.FLAGS.overwrite, _OPAQUE.value)
     except errors as e:
         _fail(str(e))
     print(f"model:       {summary['model']}")

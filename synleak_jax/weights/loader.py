@@ -134,13 +134,18 @@ def check_model_name(model_name: str) -> None:
         raise UnknownModelError(f"unknown model {model_name!r}; available models: {', '.join(names)}")
 
 
-def load_weights(path: str | os.PathLike, model_name: str | None = None) -> tuple[dict, WeightsInfo]:
+def load_weights(
+    path: str | os.PathLike, model_name: str | None = None, *, allow_opaque: bool = False
+) -> tuple[dict, WeightsInfo]:
     """Loads any supported weights file (or converted directory) as checked Flax variables.
 
     Args:
       path: a ``.pt``/``.pth``/``.ckpt``, ``.onnx``, dlib ``.dat`` file or a ``synleak-convert`` directory.
       model_name: registry name; None = infer it from the weights (key names/shapes, graph structure, or the
         directory's metadata).
+      allow_opaque: PyTorch files only: objects of non-allowlisted types OUTSIDE the state dict (e.g. OmegaConf
+        configs in a Lightning checkpoint) become inert placeholders instead of an error (nothing is imported
+        or run either way; see ``torch_pickle.read_torch_pickle``).
 
     Returns:
       (variables, info): ``{"params": ..., "batch_stats": ...}`` of numpy arrays matching
@@ -177,7 +182,7 @@ def load_weights(path: str | os.PathLike, model_name: str | None = None) -> tupl
     if fmt in ("torch_zip", "torch_legacy"):
         from synleak_jax.weights import converters
 
-        tensors = torch_pickle.load_torch_file(p)
+        tensors = torch_pickle.load_torch_file(p, allow_opaque=allow_opaque)
         if model_name is None:
             model_name = converters.detect_model_name({k: tuple(v.shape) for k, v in tensors.items()}, source)
         variables = converters.load_state_dict_into(model_name, tensors, source)

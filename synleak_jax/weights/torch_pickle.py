@@ -149,6 +149,58 @@ class AttributeDict(dict, metaclass=_Frozen):
     """Data stand-in for Lightning's ``AttributeDict`` (a dict subclass holding hyper-parameters)."""
 
 
+class OpaqueObject:
+    """Inert placeholder for a non-allowlisted global, only in ``allow_opaque`` mode.
+
+    The named module is never imported and nothing of it runs: "calling" the global or instantiating the class
+    just records the arguments here; BUILD/APPEND/SETITEM opcodes record their data too. ``global_name`` is
+    the ``module.name`` the pickle asked for.
+    """
+
+    __slots__ = ("args", "kwargs", "state", "items", "entries")
+    global_name = "?"
+
+    def __new__(cls, *args, **kwargs):
+        self = object.__new__(cls)
+        for slot, value in (("args", args), ("kwargs", kwargs), ("state", None), ("items", []), ("entries", {})):
+            object.__setattr__(self, slot, value)
+        return self
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setattr__(self, key, value):
+        raise TypeError(f"opaque {self.global_name} is immutable")
+
+    def __setstate__(self, state):
+        object.__setattr__(self, "state", state)
+
+    def append(self, item):
+        self.items.append(item)
+
+    def extend(self, items):
+        self.items.extend(items)
+
+    def __setitem__(self, key, value):
+        self.entries[key] = value
+
+    def __repr__(self):
+        return f"<opaque {self.global_name}>"
+
+
+_OPAQUE_TYPES: dict[str, type] = {}
+
+
+def _opaque_type(qualname: str) -> type:
+    if qualname not in _OPAQUE_TYPES:
+
+        class _Meta(_Frozen):
+            pass
+
+        _OPAQUE_TYPES[qualname] = _Meta("OpaqueObject", (OpaqueObject,), {"__slots__": (), "global_name": qualname})
+    return _OPAQUE_TYPES[qualname]
+
+
 class _Storage(_Inert):
     """A storage: a flat uint8 buffer (filled now for zip files, after the pickle for legacy files)."""
 
@@ -345,10 +397,11 @@ def allowed_globals() -> list[str]:
 class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that resolves only allowlisted globals and resolves storages through ``storage_loader``."""
 
-    def __init__(self, file, source: str, storage_loader=None):
+    def __init__(self, file, source: str, storage_loader=None, opaque: bool = False):
         super().__init__(file, encoding="utf-8")
         self._source = source
         self._storage_loader = storage_loader
+        self._opaque = opaque
 
     def find_class(self, module, name):  # noqa: D401 - pickle API
         if not isinstance(module, str) or not isinstance(name, str):
@@ -357,6 +410,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         obj = _ALLOWED.get((module, name))
+        if obj is None and self._opaque:
+            return _opaque_type(f"{module}.{name}")
         if obj is None:
             hint = ""
             if module.startswith("torch.nn.modules") or module == "__main__" or module.startswith("__torch__"):
@@ -367,7 +422,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise ForbiddenGlobalError(
                 f"{self._source}: refusing to load global '{module}.{name}' from the pickle: only tensor/storage "
                 f"rebuild functions and plain containers are allowed (the file may be malicious or hold "
-                f"non-weight objects).{hint}"
+                f"non-weight objects).{hint or _OPAQUE_HINT}"
             )
         return obj
 
@@ -387,9 +442,15 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._storage_loader(pid[1:])
 
 
-def _restricted_load(f, source: str, storage_loader=None):
+_OPAQUE_HINT = (
+    " If it is a training checkpoint whose extra objects (e.g. OmegaConf configs) should just be skipped, "
+    "retry with allow_opaque=True (--allow_opaque_objects): they become inert placeholders, nothing is run."
+)
+
+
+def _restricted_load(f, source: str, storage_loader=None, opaque: bool = False):
     try:
-        return _RestrictedUnpickler(f, source, storage_loader).load()
+        return _RestrictedUnpickler(f, source, storage_loader, opaque).load()
     except TorchFileError:
         raise
     except (pickle.UnpicklingError, EOFError, struct.error) as e:
@@ -433,7 +494,7 @@ def _byteswap_buffer(buffer: np.ndarray, dtype: np.dtype, source: str, key: str)
 # --------------------------------------------------------------------------------------------------------
 
 
-def _read_zip(path: str) -> Any:
+def _read_zip(path: str, opaque: bool = False) -> Any:
     try:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile as e:
@@ -466,6 +527,10 @@ def _read_zip(path: str) -> Any:
                 info = zf.getinfo(record)
             except KeyError:
                 raise TorchFileError(f"{path}: storage record {record!r} is missing from the archive") from None
+            # Bound the allocation by what the archive can hold (deflate expands at most ~1032x).
+            limit = info.compress_size * (1 if info.compress_type == zipfile.ZIP_STORED else 1032)
+            if nbytes > limit:
+                raise TorchFileError(f"{path}: storage {key!r} claims {nbytes} bytes, its record holds at most {limit}")
             if info.file_size < nbytes:
                 raise TorchFileError(
                     f"{path}: storage record {record!r} has {info.file_size} bytes, expected {nbytes} (truncated?)"
@@ -488,10 +553,10 @@ def _read_zip(path: str) -> Any:
             data = zf.read(pkls[0])
         except (zipfile.BadZipFile, OSError, EOFError) as e:
             raise TorchFileError(f"{path}: cannot read {pkls[0]!r} ({e}); truncated file?") from None
-        return _restricted_load(io.BytesIO(data), path, load_storage)
+        return _restricted_load(io.BytesIO(data), path, load_storage, opaque)
 
 
-def _read_legacy(path: str) -> Any:
+def _read_legacy(path: str, opaque: bool = False) -> Any:
     file_size = os.path.getsize(path)
     with open(path, "rb") as f:
         magic = _restricted_load(f, path)
@@ -535,7 +600,7 @@ def _read_legacy(path: str) -> Any:
         # Pass 1 learns each storage's dtype and size (needed to parse the bytes after the pickle); the
         # objects it builds are discarded because some (conj/neg views) are computed from the data.
         pickle_start = f.tell()
-        _restricted_load(f, path, load_storage)
+        _restricted_load(f, path, load_storage, opaque)
         keys = _restricted_load(f, path)
         if not isinstance(keys, list):
             raise TorchFileError(f"{path}: malformed storage key list")
@@ -560,7 +625,7 @@ def _read_legacy(path: str) -> Any:
             raise TorchFileError(f"{path}: storages {sorted(missing)} have no data in the file")
         # Pass 2: the same pickle again, now over filled storages (``roots``/``views`` are reused).
         f.seek(pickle_start)
-        return _restricted_load(f, path, load_storage)
+        return _restricted_load(f, path, load_storage, opaque)
 
 
 def sniff_torch_format(head: bytes) -> str | None:
@@ -572,12 +637,14 @@ def sniff_torch_format(head: bytes) -> str | None:
     return None
 
 
-def read_torch_pickle(path: str | os.PathLike) -> Any:
+def read_torch_pickle(path: str | os.PathLike, *, allow_opaque: bool = False) -> Any:
     """Reads a PyTorch checkpoint into Python objects with every tensor as a numpy array (never runs torch).
 
     Tensors are numpy views over their storages (tensors sharing a storage share memory, as in torch);
     dtypes follow torch (bfloat16/float8 via ml_dtypes). Containers are dicts/OrderedDicts/lists/tuples;
-    hyper-parameter objects become :class:`Namespace`/:class:`AttributeDict` stand-ins.
+    hyper-parameter objects become :class:`Namespace`/:class:`AttributeDict` stand-ins. With
+    ``allow_opaque=True`` any other global becomes an inert :class:`OpaqueObject` instead of an error (still
+    nothing is imported or executed); the default refuses it.
 
     Raises:
       FileNotFoundError: ``path`` does not exist.
@@ -591,9 +658,9 @@ def read_torch_pickle(path: str | os.PathLike) -> Any:
         head = f.read(512)
     kind = sniff_torch_format(head)
     if kind == "torch_zip":
-        return _read_zip(path)
+        return _read_zip(path, allow_opaque)
     if kind == "torch_legacy":
-        return _read_legacy(path)
+        return _read_legacy(path, allow_opaque)
     if len(head) >= 262 and head[257:262] == b"ustar":
         raise TorchFileError(f"{path}: legacy tar checkpoint (PyTorch < 0.4) is not supported")
     raise TorchFileError(f"{path}: not a PyTorch checkpoint (neither zip nor legacy magic number found)")
@@ -614,7 +681,7 @@ def _flatten_tensors(obj: Mapping, prefix: str, out: dict, skipped: list) -> Non
         elif isinstance(value, Mapping):
             _flatten_tensors(value, name + ".", out, skipped)
         else:
-            skipped.append(name)
+            skipped.append((name, value))
 
 
 def _is_tensor_tree(obj) -> bool:
@@ -635,6 +702,10 @@ def _find_state_dict(obj, path: str, depth: int = 0) -> Mapping:
         if arrays and arrays >= len(obj) / 2:
             return obj
     what = f"keys {sorted(map(str, obj))[:20]}" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
+    if isinstance(obj, Mapping):
+        opaque = [f"{k} ({v.global_name})" for k, v in obj.items() if isinstance(v, OpaqueObject)]
+        if opaque:
+            what += f"; entries that are objects of non-allowlisted types: {opaque[:5]}"
     raise TorchFileError(f"{path}: no state dict of tensors found (top level has {what})")
 
 
@@ -651,26 +722,37 @@ def strip_common_prefixes(tensors: Mapping[str, Any], prefixes=("model.", "modul
     return out
 
 
-def load_torch_file(path: str | os.PathLike, *, strip_prefixes=("model.", "module.")) -> dict[str, np.ndarray]:
+def load_torch_file(
+    path: str | os.PathLike, *, strip_prefixes=("model.", "module."), allow_opaque: bool = False
+) -> dict[str, np.ndarray]:
     """Loads the state dict of a PyTorch checkpoint as ``{key: np.ndarray}`` without torch.
 
     Accepts plain state dicts and wrappers (``{"state_dict": ...}`` incl. PyTorch Lightning ``.ckpt``,
     ``{"model": ...}``, ...); nested dicts of tensors are flattened with "." joins; non-tensor entries inside
     the state dict are dropped. ``strip_prefixes`` are removed only when every key carries them.
-    Arrays are C-contiguous (non-contiguous views are copied), in torch's dtype.
+    Arrays are C-contiguous (non-contiguous views are copied), in torch's dtype. ``allow_opaque``: see
+    :func:`read_torch_pickle`; an opaque object inside the state dict itself is still an error.
     """
     path = os.fspath(path)
-    obj = read_torch_pickle(path)
-    sd = _find_state_dict(obj, path)
+    obj = read_torch_pickle(path, allow_opaque=allow_opaque)
     out: dict[str, np.ndarray] = {}
-    skipped: list[str] = []
-    _flatten_tensors(sd, "", out, skipped)
+    skipped: list[tuple[str, Any]] = []
+    try:
+        sd = _find_state_dict(obj, path)
+        _flatten_tensors(sd, "", out, skipped)
+    except RecursionError:
+        raise TorchFileError(f"{path}: containers nested too deeply (or cyclic) to hold a state dict") from None
+    opaque = [f"{k} ({v.global_name})" for k, v in skipped if isinstance(v, OpaqueObject)]
+    if opaque:
+        raise TorchFileError(f"{path}: state-dict entries are objects of non-allowlisted types: {opaque[:5]}")
     if not out:
         raise TorchFileError(f"{path}: the state dict holds no tensors")
     if skipped:
         from absl import logging
 
-        logging.warning("%s: ignoring %d non-tensor state-dict entries: %s", path, len(skipped), skipped[:10])
+        logging.warning(
+            "%s: ignoring %d non-tensor state-dict entries: %s", path, len(skipped), [k for k, _ in skipped[:10]]
+        )
     # (np.ascontiguousarray would turn 0-d tensors into 1-d arrays.)
     out = {k: v if v.flags.c_contiguous else v.copy(order="C") for k, v in out.items()}
     return strip_common_prefixes(out, strip_prefixes)

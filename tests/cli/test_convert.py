@@ -93,3 +93,32 @@ def test_console_script_errors_without_traceback(tmp_path):
     assert proc.returncode == 1
     assert "format not recognised" in proc.stderr and str(junk) in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_allow_opaque_objects_flag(tmp_path, capsys, monkeypatch):
+    import types
+
+    monkeypatch.setitem(sys.modules, "omegaconf", types.ModuleType("omegaconf"))
+
+    class DictConfig:
+        def __init__(self, content):
+            self._content = content
+
+    DictConfig.__module__, DictConfig.__qualname__ = "omegaconf", "DictConfig"
+    sys.modules["omegaconf"].DictConfig = DictConfig
+    net = randomize_(make_reference("mobilefacenet"), np.random.default_rng(0))
+    path = tmp_path / "hydra.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()},
+                "hyper_parameters": {"cfg": DictConfig({"lr": 0.1})}}, path)
+    with pytest.raises(SystemExit) as e:
+        _run_main(f"--weights={path}", f"--out={tmp_path / 'a'}")
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "'omegaconf.DictConfig'" in err and "--allow_opaque_objects" in err
+    _run_main(f"--weights={path}", f"--out={tmp_path / 'b'}", "--allow_opaque_objects")
+    assert "mobilefacenet" in capsys.readouterr().out
+    got, _ = restore_variables(tmp_path / "b")
+    want, _ = load_weights(path, allow_opaque=True)
+    fg, fw = flatten_variables(got), flatten_variables(want)
+    assert set(fg) == set(fw)
+    for k in fw:
+        np.testing.assert_array_equal(fg[k], fw[k], err_msg=k)

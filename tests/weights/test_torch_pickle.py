@@ -404,3 +404,61 @@ def test_no_state_dict(tmp_path):
     path = _save({"epoch": 3, "name": "x"}, tmp_path / "nosd.pt", True)
     with pytest.raises(tp.TorchFileError, match="no state dict"):
         tp.load_torch_file(path)
+
+
+# ------------------------------------------------------------------------------------------------------
+# allow_opaque: unknown objects outside the state dict become inert placeholders (opt-in).
+# ------------------------------------------------------------------------------------------------------
+
+
+def _fake_omegaconf(monkeypatch):
+    names = ["omegaconf", "omegaconf.dictconfig"]
+    for n in names:
+        monkeypatch.setitem(sys.modules, n, types.ModuleType(n))
+
+    class DictConfig:
+        def __init__(self, content):
+            self._content = dict(content)
+            self._flags = {"readonly": False}
+
+    DictConfig.__module__ = names[-1]
+    DictConfig.__qualname__ = "DictConfig"
+    sys.modules[names[-1]].DictConfig = DictConfig
+    return DictConfig
+
+
+@FORMATS
+def test_opaque_objects_outside_state_dict(tmp_path, rng, monkeypatch, zip_format):
+    dict_config = _fake_omegaconf(monkeypatch)
+    sd = {"model.fc.weight": torch.from_numpy(rng.normal(size=(4, 3)).astype(np.float32))}
+    path = _save({"state_dict": sd, "hyper_parameters": {"cfg": dict_config({"lr": 0.1, "arch": "r50"})}},
+                 tmp_path / "hydra.ckpt", zip_format)
+    with pytest.raises(tp.ForbiddenGlobalError, match=r"'omegaconf\.dictconfig\.DictConfig'.*allow_opaque"):
+        tp.load_torch_file(path)
+    got = tp.load_torch_file(path, allow_opaque=True)
+    assert set(got) == {"fc.weight"}
+    _assert_same(got["fc.weight"], sd["model.fc.weight"])
+    raw = tp.read_torch_pickle(path, allow_opaque=True)
+    cfg = raw["hyper_parameters"]["cfg"]
+    assert isinstance(cfg, tp.OpaqueObject) and cfg.global_name == "omegaconf.dictconfig.DictConfig"
+    assert cfg.state == {"_content": {"lr": 0.1, "arch": "r50"}, "_flags": {"readonly": False}}
+
+
+@pytest.mark.parametrize("container", ["zip", "legacy"])
+def test_opaque_mode_still_runs_nothing(tmp_path, container):
+    marker = tmp_path / "pwned"
+    for name, payload in _all_hostile(marker).items():
+        fname = "opaque_" + name.replace(".", "_")
+        path = (_zip_with_pickle if container == "zip" else _legacy_with_pickle)(tmp_path, payload, fname)
+        with pytest.raises(tp.TorchFileError):  # payload in the state dict (or no state dict): refused
+            tp.load_torch_file(path, allow_opaque=True)
+        try:
+            tp.read_torch_pickle(path, allow_opaque=True)
+        except tp.TorchFileError:
+            pass
+        assert not marker.exists(), f"{name}: payload ran"
+    # The state-dict case names the placeholder's global.
+    path = _legacy_with_pickle(tmp_path, pickle.dumps({"state_dict": {"w": _Reduce(os.system, "true")}}, protocol=2),
+                               "named")
+    with pytest.raises(tp.TorchFileError, match=r"w \(posix\.system\)"):
+        tp.load_torch_file(path, allow_opaque=True)
