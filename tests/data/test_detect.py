@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pickle
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -107,16 +108,15 @@ def test_nms_matches_loop_reference(rng, method):
 
 
 def test_pnet_padding_with_valid_size_is_exact(detector, rng):
-    model = mtcnn.PNet()
+    apply = jax.jit(mtcnn.PNet().apply)
     for h, w in [(13, 13), (37, 50), (61, 29)]:
         x = rng.uniform(-1, 1, (1, h, w, 3)).astype(np.float32)
-        reg, prob = model.apply(detector.variables["pnet"], x)
+        reg, prob = apply(detector.variables["pnet"], x)
         pad = np.zeros((1, 64, 64, 3), np.float32)
-        pad[:, :h, :w] = rng.uniform(-1, 1, (h, w, 3))  # padding content must not matter...
         pad[:, :h, :w] = x[0]
-        pad[:, h:, :] = 5.0  # ...even when it is large
+        pad[:, h:, :] = 5.0  # padding content must not matter, even when it is large
         pad[:, :, w:] = 5.0
-        reg_p, prob_p = model.apply(detector.variables["pnet"], pad, np.array([h, w], np.int32))
+        reg_p, prob_p = apply(detector.variables["pnet"], pad, np.array([h, w], np.int32))
         oh, ow = prob.shape[1:3]
         np.testing.assert_allclose(np.asarray(prob_p)[:, :oh, :ow], prob, atol=1e-6)
         np.testing.assert_allclose(np.asarray(reg_p)[:, :oh, :ow], reg, atol=1e-5)
@@ -129,17 +129,17 @@ def test_networks_match_faceie_on_same_inputs(detector, rng):
 
     v = detector.variables
     x = rng.uniform(-1, 1, (1, 41, 57, 3)).astype(np.float32)
-    reg, prob = mtcnn.PNet().apply(v["pnet"], x)
+    reg, prob = jax.jit(mtcnn.PNet().apply)(v["pnet"], x)
     fprob, freg = p_net(np.transpose(x[0], (2, 0, 1)))
     np.testing.assert_allclose(np.asarray(prob)[0, ..., 1], fprob, atol=1e-5)
     np.testing.assert_allclose(np.asarray(reg)[0] + [0, 0, 1, 1], freg, atol=1e-5)
     x = rng.uniform(-1, 1, (6, 24, 24, 3)).astype(np.float32)
-    reg, prob = mtcnn.RNet().apply(v["rnet"], x)
+    reg, prob = jax.jit(mtcnn.RNet().apply)(v["rnet"], x)
     fprob, freg = r_net(np.transpose(x, (0, 3, 1, 2)))
     np.testing.assert_allclose(np.asarray(prob)[:, 1], fprob, atol=1e-5)
     np.testing.assert_allclose(np.asarray(reg) + [0, 0, 1, 1], freg, atol=1e-5)
     x = rng.uniform(-1, 1, (6, 48, 48, 3)).astype(np.float32)
-    reg, lm, prob = mtcnn.ONet().apply(v["onet"], x)
+    reg, lm, prob = jax.jit(mtcnn.ONet().apply)(v["onet"], x)
     fprob, freg, flm = o_net(np.transpose(x, (0, 3, 1, 2)))
     np.testing.assert_allclose(np.asarray(prob)[:, 1], fprob, atol=1e-5)
     np.testing.assert_allclose(np.asarray(reg) + [0, 0, 1, 1], freg, atol=1e-5)

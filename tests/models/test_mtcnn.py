@@ -70,9 +70,9 @@ def test_random_weights_parity_through_legacy_file(net, rng):
 
 def test_pnet_ceil_mode_output_size(rng):
     """Odd sizes keep the partial last pooling window: H' = ceil((H-2)/2) - 4."""
-    variables = mtcnn.PNet().init(jax.random.PRNGKey(0), np.zeros((1, 12, 12, 3), np.float32))
+    variables = jax.eval_shape(lambda: mtcnn.PNet().init(jax.random.PRNGKey(0), np.zeros((1, 12, 12, 3), np.float32)))
     for h, w in [(12, 12), (13, 15), (25, 40)]:
-        reg, prob = mtcnn.PNet().apply(variables, np.zeros((1, h, w, 3), np.float32))
+        reg, prob = jax.eval_shape(mtcnn.PNet().apply, variables, jax.ShapeDtypeStruct((1, h, w, 3), np.float32))
         assert prob.shape == (1, -(-(h - 2) // 2) - 4, -(-(w - 2) // 2) - 4, 2)
         assert reg.shape[:3] == prob.shape[:3]
 
