@@ -125,6 +125,30 @@ def detect_format(path: str | os.PathLike) -> str:
     )
 
 
+# Training-only classification/margin heads saved next to the backbone (AdaFace's Lightning checkpoints hold
+# "model.*" + "head.kernel"); their own inference code keeps only the "model." keys, and so do we.
+_BACKBONE_PREFIXES = ("module.model.", "module.backbone.", "model.", "backbone.")
+_TRAINING_HEAD_PREFIXES = ("head.", "margin_head.", "partial_fc.", "loss.", "module.head.")
+
+
+def select_backbone_tensors(tensors: dict, source: str = "<weights>") -> dict:
+    """Drops a training-only head stored beside a prefixed backbone, and strips the backbone prefix.
+
+    Applies only when some keys carry one backbone prefix and EVERY other key is under a known head prefix;
+    otherwise ``tensors`` is returned unchanged (and the converter reports unexpected keys).
+    """
+    for prefix in _BACKBONE_PREFIXES:
+        body = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        rest = [k for k in tensors if not k.startswith(prefix)]
+        if body and rest and all(k.startswith(_TRAINING_HEAD_PREFIXES) for k in rest):
+            from absl import logging
+
+            logging.info("%s: using the %d %r tensors, dropping the training head %s", source, len(body), prefix,
+                         rest[:5])
+            return body
+    return tensors
+
+
 def check_model_name(model_name: str) -> None:
     """Raises :class:`UnknownModelError` (listing the available names) if ``model_name`` is not registered."""
     from synleak_jax.models import registry
@@ -182,7 +206,7 @@ def load_weights(
     if fmt in ("torch_zip", "torch_legacy"):
         from synleak_jax.weights import converters
 
-        tensors = torch_pickle.load_torch_file(p, allow_opaque=allow_opaque)
+        tensors = select_backbone_tensors(torch_pickle.load_torch_file(p, allow_opaque=allow_opaque), source)
         if model_name is None:
             model_name = converters.detect_model_name({k: tuple(v.shape) for k, v in tensors.items()}, source)
         variables = converters.load_state_dict_into(model_name, tensors, source)

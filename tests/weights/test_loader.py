@@ -145,3 +145,23 @@ def test_errors(torch_files, tmp_path):
     torch.save(torch.nn.Linear(3, 2).state_dict(), other)
     with pytest.raises(WeightMappingError, match="cannot infer the model"):
         load_weights(other)
+
+
+def test_adaface_lightning_checkpoint_drops_training_head(tmp_path, rng):
+    net = randomize_(make_reference("adaface_ir18"), rng)
+    sd = net.state_dict()
+    plain = tmp_path / "plain.pt"
+    torch.save(sd, plain)
+    ckpt = tmp_path / "adaface_ir18_webface.ckpt"  # AdaFace layout: Lightning, "model.*" + margin head kernel
+    torch.save({"epoch": 25, "state_dict": {**{f"model.{k}": v for k, v in sd.items()},
+                                            "head.kernel": torch.randn(512, 7)},
+                "hyper_parameters": {"head": "adaface", "m": 0.4, "h": 0.333}}, ckpt)
+    want, _ = load_weights(plain)
+    got, info = load_weights(ckpt)
+    assert info.model_name == "adaface_ir18" and info.format == "torch_zip"
+    _assert_tree_equal(got, want)
+    # Anything else beside the backbone is not silently dropped.
+    bad = tmp_path / "extra.ckpt"
+    torch.save({"state_dict": {**{f"model.{k}": v for k, v in sd.items()}, "optimizer_m": torch.zeros(3)}}, bad)
+    with pytest.raises(WeightMappingError):
+        load_weights(bad, "adaface_ir18")
