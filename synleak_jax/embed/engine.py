@@ -123,6 +123,7 @@ class EmbeddingEngine:
         self.replicated = NamedSharding(self.mesh, P())
         self.variables = jax.device_put(variables, self.replicated)
         self.num_devices = self.mesh.devices.size
+        self._compiled: dict[tuple, Any] = {}
         self._fn = jax.jit(
             self._step,
             in_shardings=(self.replicated, self.data_sharding),
@@ -173,13 +174,20 @@ class EmbeddingEngine:
         return np.concatenate(parts, axis=0)
 
     def compile(self, local_batch: int) -> None:
-        """Compiles the step for ``local_batch`` rows per process ahead of time."""
+        """Compiles the step for ``local_batch`` rows per process ahead of time (kept for :meth:`step`)."""
         shape = (local_batch * jax.process_count(), self.spec.height, self.spec.width, 3)
-        self._fn.lower(self.variables, jax.ShapeDtypeStruct(shape, jnp.float32, sharding=self.data_sharding)).compile()
+        if shape not in self._compiled:
+            arg = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=self.data_sharding)
+            self._compiled[shape] = self._fn.lower(self.variables, arg).compile()
+
+    def step(self, x: jax.Array) -> jax.Array:
+        """The jitted step on a global data-sharded ``[B, H, W, 3]`` array (AOT executable when compiled)."""
+        exe = self._compiled.get(x.shape)
+        return exe(self.variables, x) if exe is not None else self._fn(self.variables, x)
 
     def embed_local(self, local_images: np.ndarray) -> np.ndarray:
         """One step: this process's float32 ``[b, H, W, 3]`` -> its ``[b, D]`` embeddings (storage dtype)."""
-        return self._local_rows(self._fn(self.variables, self._put(np.asarray(local_images, np.float32))))
+        return self._local_rows(self.step(self._put(np.asarray(local_images, np.float32))))
 
     def padding_batch(self, local_batch: int) -> dict[str, np.ndarray]:
         """A batch of ``local_batch`` padding rows (valid=False, record_id=-1)."""
@@ -223,7 +231,7 @@ class EmbeddingEngine:
                     break
                 batch = self.padding_batch(local_batch)
             _check_batch(batch, local_batch, self.spec)
-            out = self._fn(self.variables, self._put(np.asarray(batch["image"], np.float32)))
+            out = self.step(self._put(np.asarray(batch["image"], np.float32)))
             if pending is not None:
                 yield self._finish(*pending, progress)
             pending = (out, batch)
