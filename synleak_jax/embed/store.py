@@ -230,15 +230,15 @@ class StoreWriter:
         os.makedirs(os.path.join(self.path, CHUNK_DIR), exist_ok=True)
         os.makedirs(os.path.join(self.path, RUNS_DIR), exist_ok=True)
         mpath = os.path.join(self.path, MANIFEST)
+        reuse = False
         if os.path.exists(mpath):
             with open(mpath) as f:
                 stored = json.load(f)
             diffs = identity_diff(stored, self.manifest)
             if diffs and not overwrite:
                 raise StoreMismatchError(self.path, diffs)
-            if overwrite and process_index == 0:
-                self._clear()
-        elif overwrite and process_index == 0:
+            reuse = not diffs and not overwrite
+        if overwrite and process_index == 0:
             self._clear()
         if process_index == 0:
             # Temp files left by a killed run (never by this run: every process passes the init barrier
@@ -247,8 +247,10 @@ class StoreWriter:
             for name in os.listdir(cdir):
                 if name.startswith(".tmp-"):
                     os.unlink(os.path.join(cdir, name))
-        # Every process writes the same identity; atomic replace makes concurrent writes harmless.
-        _atomic_write_bytes(mpath, _dumps(self.manifest).encode())
+        # Every process writes the same identity; atomic replace makes concurrent writes harmless. A resumed
+        # store keeps its manifest (same identity; its provenance fields are updated at the end of the run).
+        if not reuse:
+            _atomic_write_bytes(mpath, _dumps(self.manifest).encode())
 
     def _clear(self) -> None:
         cdir = os.path.join(self.path, CHUNK_DIR)

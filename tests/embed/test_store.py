@@ -91,6 +91,10 @@ def test_rerun_skips_done_chunks_and_recomputes_missing(tmp_path, rng):
     np.testing.assert_array_equal(np.asarray(EmbeddingStore.open(tmp_path / "s").embeddings), before)
     done = [e["chunk"] for e in read_log(tmp_path / "s") if e["event"] == "chunk_done"]
     assert sorted(done) == [0, 1, 1, 2]
+    # a rerun of a complete store computes nothing and keeps the throughput of the run that did the work
+    summary = _run(tmp_path / "s", data, variables)
+    assert summary["chunks_computed"] == [] and summary["rows"] == 0
+    assert EmbeddingStore.open(tmp_path / "s").manifest["throughput"]["chunks_computed"] == [1]
 
 
 @pytest.mark.parametrize("change,field", [
