@@ -20,6 +20,9 @@ What it stores (all inputs are generated here deterministically or are scikit-im
   that scikit-image's copy is the same picture). The astronaut's landmarks come from dlib's HOG detector +
   ``shape_predictor_5_face_landmarks.dat``; the other landmark sets are similarity transforms of them or of
   the dlib template, rounded to integers (dlib points are integers).
+* ``astronaut_landmarks_arcface_order`` float64 [5, 2] (eye centres = means of 68-point eye contours, nose tip
+  = point 30, mouth corners = points 48/54), ``astronaut_chip68_dlib`` and ``astronaut_desc68_dlib``: dlib's chip
+  and descriptor from the 68-point shape (the approximation check of detector-order alignment).
 * ``dlib_version``.
 """
 
@@ -119,10 +122,10 @@ def main() -> None:
     detector = dlib.get_frontal_face_detector()
 
     astronaut = np.ascontiguousarray(dlib.load_rgb_image(args.astronaut))
-    dets = detector(astronaut, 1)
-    if len(dets) != 1:
-        raise SystemExit(f"expected one face in the astronaut image, found {len(dets)}")
-    shape = sp(astronaut, dets[0])
+    dets = sorted(detector(astronaut, 1), key=lambda d: d.area(), reverse=True)
+    if not dets:
+        raise SystemExit("no face found in the astronaut image")
+    shape = sp(astronaut, dets[0])  # the largest detection is the astronaut's face
     astro_lm = np.array([[shape.part(i).x, shape.part(i).y] for i in range(5)], np.int64)
     print("astronaut face", dets[0], "landmarks", astro_lm.tolist())
 
@@ -158,6 +161,15 @@ def main() -> None:
         chip_dlib.append(chip)
         chip_desc.append(desc)
 
+    # ---- detector-order (ArcFace order) landmarks of the astronaut from dlib's 68-point predictor, with dlib's
+    # 68-point chip and descriptor: measures how close align_face(..., landmark_format="arcface") gets.
+    sp68 = dlib.shape_predictor(os.path.join(args.models_dir, "shape_predictor_68_face_landmarks.dat"))
+    s68 = sp68(astronaut, dets[0])
+    p68 = np.array([[s68.part(i).x, s68.part(i).y] for i in range(68)], np.float64)
+    lm_arcface = np.stack([p68[36:42].mean(0), p68[42:48].mean(0), p68[30], p68[48], p68[54]])
+    chip68 = np.asarray(dlib.get_face_chip(astronaut, s68, size=150, padding=0.25), np.uint8)
+    desc68 = np.asarray(net.compute_face_descriptor(astronaut, s68, num_jitters=0, padding=0.25), np.float64)
+
     # ---- descriptor parity on chip-sized inputs
     named = generated_chips()
     named.append(("astronaut_dlib_chip", chip_dlib[0]))
@@ -181,6 +193,9 @@ def main() -> None:
         chip_dlib=np.stack(chip_dlib),
         chip_desc_dlib=np.stack(chip_desc),
         synthetic_big=big,
+        astronaut_landmarks_arcface_order=lm_arcface,
+        astronaut_chip68_dlib=chip68,
+        astronaut_desc68_dlib=desc68,
         astronaut_sha256=np.array(hashlib.sha256(astronaut.tobytes()).hexdigest()),
         dlib_version=np.array(dlib.__version__),
     )

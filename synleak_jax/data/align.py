@@ -300,22 +300,27 @@ def sample_affine(
     fy = (y - y0)[..., None]
     x0 = x0.astype(np.int64)
     y0 = y0.astype(np.int64)
-    x1 = x0 + 1
-    y1 = y0 + 1
-    src = img.astype(np.float64)
+    # Gather from a copy padded with one ring of zeros: clipping indices into [-1, W] (resp. [-1, H]) then reads
+    # the zero ring for every tap outside the image, which is exactly the constant-0 border, without masks.
+    nch = img.shape[2]
+    padded = np.zeros((h + 2, w + 2, nch), dtype=img.dtype)
+    padded[1:-1, 1:-1] = img
+    flat = padded.reshape(-1, nch)
+    xa = np.clip(x0, -1, w) + 1
+    xb = np.clip(x0 + 1, -1, w) + 1
+    ya = (np.clip(y0, -1, h) + 1) * (w + 2)
+    yb = (np.clip(y0 + 1, -1, h) + 1) * (w + 2)
 
-    def tap(yy, xx):
-        inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
-        v = src[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)]
-        return np.where(inside[..., None], v, 0.0)
+    def tap(yi, xi):
+        return flat[yi + xi].astype(np.float64)
 
     # Same association order as dlib: (1 - fy) * ((1 - fx) tl + fx tr) + fy * ((1 - fx) bl + fx br).
-    out = (1.0 - fy) * ((1.0 - fx) * tap(y0, x0) + fx * tap(y0, x1)) + fy * (
-        (1.0 - fx) * tap(y1, x0) + fx * tap(y1, x1)
+    out = (1.0 - fy) * ((1.0 - fx) * tap(ya, xa) + fx * tap(ya, xb)) + fy * (
+        (1.0 - fx) * tap(yb, xa) + fx * tap(yb, xb)
     )
     if border == "strict":
-        ok = (x0 >= 0) & (y0 >= 0) & (x1 < w) & (y1 < h)
-        out = np.where(ok[..., None], out, 0.0)
+        ok = (x0 >= 0) & (y0 >= 0) & (x0 + 1 < w) & (y0 + 1 < h)
+        out[~ok] = 0.0
     if img.dtype == np.uint8 and rounding is not None:
         out = np.floor(out + 0.5) if rounding == "round" else np.floor(out)
         out = np.clip(out, 0, 255).astype(np.uint8)

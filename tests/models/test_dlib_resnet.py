@@ -132,7 +132,8 @@ def test_descriptors_match_dlib(fixture, embed_fn):
     got = embed_fn(images)
     ref = fixture["desc_dlib"]
     err = np.abs(got - ref).max(axis=1)
-    assert err.max() <= 1e-4, dict(zip(fixture["desc_names"].tolist(), err.tolist()))
+    # Measured here: 3.9e-7 (float32 both sides, different summation orders).
+    assert err.max() <= 1e-5, dict(zip(fixture["desc_names"].tolist(), err.tolist()))
     # The fixture is not degenerate: different inputs give clearly different descriptors.
     d = np.linalg.norm(ref[:, None] - ref[None], axis=-1)
     assert d[~np.eye(len(ref), dtype=bool)].min() > 0.05
@@ -149,8 +150,8 @@ def test_full_pipeline_matches_dlib_compute_face_descriptor(fixture, embed_fn):
     ])
     got = embed_fn(chips)
     err = np.linalg.norm(got - fixture["chip_desc_dlib"], axis=1)
-    # Chips agree with dlib's up to a few off-by-one pixels (tests/data/test_align.py), so descriptors agree far
-    # below the 0.6 decision threshold.
+    # Measured here: chips bit-identical to dlib's, descriptors within 1.2e-6. The bound allows a few chip pixels
+    # off by one gray level (see tests/data/test_align.py) on other platforms; still 100x below the 0.6 threshold.
     assert err.max() < 5e-3, err
 
 
@@ -167,11 +168,13 @@ def test_bfloat16_compute_stays_close(variables, fixture):
 
 
 def test_detector_order_alignment_approximates_dlib(fixture, embed_fn):
-    """align_face(..., landmark_format="arcface") from eye centres / nose tip / mouth corners vs dlib's chip from
-    its 68-point shape: the approximate path lands far inside the 0.6 same-person threshold."""
+    """align_face(..., landmark_format="arcface") from eye centres / nose tip / mouth corners vs dlib's pipeline on
+    its 68-point shape. Bound: dlib's own 5-point and 68-point pipelines disagree on this face (0.158); the
+    approximate detector-order path must be no further from the 68-point one than that (measured: 0.109)."""
     from skimage import data as skdata
 
     chip = align.align_face(skdata.astronaut(), fixture["astronaut_landmarks_arcface_order"], "dlib150")
     got = embed_fn(chip[None])[0]
     dist = np.linalg.norm(got - fixture["astronaut_desc68_dlib"])
-    assert dist < DETECTOR_ORDER_MAX_DIST, dist
+    dlib_5_vs_68 = np.linalg.norm(fixture["chip_desc_dlib"][0] - fixture["astronaut_desc68_dlib"])
+    assert dist < dlib_5_vs_68, (dist, dlib_5_vs_68)
