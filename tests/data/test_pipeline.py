@@ -76,13 +76,18 @@ def test_strided_sharding_covers_once(rng):
     assert sorted(seen) == list(range(11))
 
 
-def test_images_normalised_by_spec(rng):
+@pytest.mark.parametrize("order", ["BGR", "RGB"])
+def test_images_normalised_by_spec(rng, order):
+    spec = InputSpec(8, 6, order, tuple(rng.uniform(0, 255, 3)), tuple(rng.uniform(1, 130, 3)), 16, "cosine",
+                     "arcface112")
     rgbs = [fixtures.random_rgb(rng, 8, 6) for _ in range(3)]
     src = sources.ArraySource([fixtures.encode(x, "PNG") for x in rgbs])
-    b = next(iter(pipeline.make_pipeline(src, SPEC, 4)))
+    b = next(iter(pipeline.make_pipeline(src, spec, 4)))
     for i, x in enumerate(rgbs):
-        ref = (x[..., ::-1].astype(np.float64) - np.array(SPEC.mean)) / np.array(SPEC.std)
+        xo = x[..., ::-1] if order == "BGR" else x
+        ref = (xo.astype(np.float64) - np.array(spec.mean)) / np.array(spec.std)
         np.testing.assert_allclose(b["image"][i], ref, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(b["image"][i], spec.normalize(x))  # bit-identical to the spec
     assert b["valid"].tolist() == [True, True, True, False]
     assert b["label"].tolist() == [-1, -1, -1, -1]
 

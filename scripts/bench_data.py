@@ -1,0 +1,148 @@
+"""Benchmark: decode + preprocess throughput of the data pipeline vs a plain PIL loop, in the same run.
+
+    flock /tmp/synleak_bench.lock python scripts/bench_data.py [--n_small=3000] [--n_large=60] [--workers=0,2]
+
+Cases:
+  small: 112x112 JPEGs (quality 95, like insightface's CASIA/synthetic releases) in an identity folder,
+         target 112x112 (arcface spec, BGR, normalised), no resize needed.
+  large: 1024x1024 PNGs (FFHQ-like) in a flat folder, resized to 112x112; and "aligned": the same PNGs
+         through data/align.py's align_face with fixed 5-point landmarks (measures the warp, not a detector).
+Reference (same run, same files): a plain loop ``np.asarray(Image.open(path).convert("RGB"))`` (+ PIL
+bilinear resize for the large case) followed by the same float normalisation, one image at a time.
+Images are natural-photo content (crops of skimage's astronaut with mild noise), not random noise, so
+file sizes and decode costs resemble real face images. Reports medians over repeats, images/s, and the
+pipeline/reference ratio. num_workers=0 decodes in the calling process (one core); num_workers=k uses k
+grain worker processes (the main process also works to assemble batches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import numpy as np
+from absl import flags
+from PIL import Image
+
+from synleak_jax.data import align, pipeline, sources
+from synleak_jax.models.registry import InputSpec
+
+SPEC = InputSpec(112, 112, "BGR", (127.5,) * 3, (127.5,) * 3, 512, "cosine", "arcface112")
+
+
+def _photo(rng, size):
+    from skimage import data as skdata
+    base = skdata.astronaut()
+    y, x = rng.integers(0, 512 - 200, 2)
+    s = int(rng.integers(200, 312))
+    crop = base[y:y + s, x:x + s] if y + s <= 512 and x + s <= 512 else base[:s, :s]
+    img = np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR)).astype(np.int16)
+    img = img + rng.integers(-6, 7, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_small(root, n, rng):
+    for i in range(n):
+        d = os.path.join(root, f"id_{i // 50:05d}")
+        os.makedirs(d, exist_ok=True)
+        Image.fromarray(_photo(rng, 112)).save(os.path.join(d, f"{i:06d}.jpg"), "JPEG", quality=95)
+
+
+def make_large(root, n, rng):
+    tiles = [_photo(rng, 1024) for _ in range(min(n, 8))]
+    for i in range(n):
+        d = os.path.join(root, f"{i // 1000 * 1000:05d}")
+        os.makedirs(d, exist_ok=True)
+        Image.fromarray(tiles[i % len(tiles)]).save(os.path.join(d, f"{i:05d}.png"), "PNG", compress_level=6)
+
+
+def plain_loop(paths, resize):
+    mean = np.asarray(SPEC.mean, np.float32)
+    std = np.asarray(SPEC.std, np.float32)
+    out = 0.0
+    for p in paths:
+        img = Image.open(p).convert("RGB")
+        if resize:
+            img = img.resize((112, 112), Image.BILINEAR)
+        x = (np.asarray(img, np.float32)[..., ::-1] - mean) / std
+        out += float(x[0, 0, 0])
+    return out
+
+
+class FixedLandmarkAlign:
+    """align_fn using fixed landmarks (the ArcFace template scaled to the image, slightly rotated)."""
+
+    def __call__(self, rgb):
+        h, w = rgb.shape[:2]
+        t = align.arcface_template(112).astype(np.float64)
+        c = t.mean(0)
+        th = np.deg2rad(7.0)
+        rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+        lm = (t - c) @ rot.T * (w / 112 * 0.45) + np.array([w / 2, h / 2])
+        return align.align_face(rgb, lm, "arcface112")
+
+
+def time_it(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def run_pipeline(src, workers, batch, align_fn=None):
+    n = 0
+    for b in pipeline.make_pipeline(src, SPEC, batch, num_workers=workers, align_fn=align_fn, log_every_s=0):
+        n += int(b["valid"].sum())
+    assert n == len(src), (n, len(src))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n_small", type=int, default=3000)
+    ap.add_argument("--n_large", type=int, default=60)
+    ap.add_argument("--workers", default="0,2")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    flags.FLAGS.mark_as_parsed()
+    rng = np.random.default_rng(0)
+    workers = [int(w) for w in args.workers.split(",")]
+    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+               "load_avg_start": os.getloadavg(), "cases": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        small, large = os.path.join(tmp, "small"), os.path.join(tmp, "large")
+        make_small(small, args.n_small, rng)
+        make_large(large, args.n_large, rng)
+        cases = [("jpeg112", sources.ImageFolderSource(small), False, None),
+                 ("png1024_resize", sources.FlatFolderSource(large), True, None),
+                 ("png1024_align", sources.FlatFolderSource(large), True, FixedLandmarkAlign())]
+        for name, src, resize, align_fn in cases:
+            paths = [src.path(i) for i in range(len(src))]
+            plain_loop(paths[:20], resize)  # warm up the page cache and PIL plugins
+            t_ref, _ = time_it(lambda: plain_loop(paths, resize), args.repeats)
+            case = {"n": len(src), "avg_file_bytes": int(np.mean([os.path.getsize(p) for p in paths])),
+                    "plain_pil_img_s": len(src) / t_ref, "pipeline": {}}
+            for w in workers:
+                run_pipeline(src, w, args.batch, align_fn)  # warm-up (worker start-up excluded below? no: included)
+                t, _ = time_it(lambda: run_pipeline(src, w, args.batch, align_fn), args.repeats)
+                case["pipeline"][f"workers={w}"] = {"img_s": len(src) / t, "ratio_vs_plain": t_ref / t}
+            results["cases"][name] = case
+            print(name, json.dumps(case, indent=1), flush=True)
+    results["load_avg_end"] = os.getloadavg()
+    print(json.dumps(results, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
