@@ -96,6 +96,9 @@ class LoadRecord:
             rgb, code = np.zeros((h, w, 3), np.uint8), e.code
             if label == -1:
                 label = self._safe_label(rid)
+        except OSError:  # I/O error below the source (EIO, stale NFS handle, ...): reject, keep going
+            rgb, code = np.zeros((h, w, 3), np.uint8), rejects.UNREADABLE
+            label = self._safe_label(rid)
         return {"image": rgb, "record_id": rid, "label": int(label), "reject_code": code}
 
     def _align(self, rgb: np.ndarray, where: str) -> np.ndarray:

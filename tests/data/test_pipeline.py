@@ -144,3 +144,23 @@ def test_resume_from_start_batch(rng):
 def test_empty_source_is_an_error():
     with pytest.raises(rejects.DataError, match="empty"):
         pipeline.make_pipeline(sources.ArraySource([]), SPEC, 4)
+
+
+class _FlakySource(sources.ArraySource):
+    """Raises an I/O error (as a failing disk or network file system would) for chosen records."""
+
+    def __init__(self, images, bad):
+        super().__init__(images)
+        self.bad = set(bad)
+
+    def read_bytes(self, i):
+        if i in self.bad:
+            raise OSError(5, "Input/output error")
+        return super().read_bytes(i)
+
+
+def test_io_errors_become_rejects(rng):
+    src = _FlakySource([fixtures.encode(fixtures.random_rgb(rng, 8, 6), "PNG") for _ in range(5)], bad=[1, 4])
+    b = next(iter(pipeline.make_pipeline(src, SPEC, 5)))
+    assert b["reject_code"].tolist() == [0, rejects.UNREADABLE, 0, 0, rejects.UNREADABLE]
+    assert b["valid"].tolist() == [True, False, True, True, False]
