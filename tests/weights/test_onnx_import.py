@@ -29,7 +29,9 @@ def _count_bn_modules(net):
     return sum(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in net.modules())
 
 
-@pytest.mark.parametrize("name", ["iresnet18", "adaface_ir18", "mobilefacenet"])
+@pytest.mark.parametrize(
+    "name", ["iresnet18", "mobilefacenet", pytest.param("adaface_ir18", marks=pytest.mark.slow)]
+)
 def test_folded_export_matches_onnxruntime(name, tmp_path, rng):
     net = refs.randomize_(refs.make_reference(name), rng)
     path = _export(net, tmp_path / f"{name}.onnx")

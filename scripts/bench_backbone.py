@@ -1,0 +1,184 @@
+"""Forward throughput of the IResNet backbones: JAX (jit) vs PyTorch on CPU, and GPU figures when available.
+
+CPU mode (always): for each model, the same randomly initialised weights are run by
+  * JAX: ``jax.jit(model.apply)`` compiled ahead (``.lower().compile()``), warmed up, timed with
+    ``block_until_ready``;
+  * PyTorch: the independent reference module (``tests/models/torch_refs_arcface.py``), eval mode,
+    ``torch.no_grad()``, ``torch.set_num_threads`` = the JAX CPU thread count, NCHW float32;
+and the median images/s of each plus the JAX/PyTorch ratio are printed (interleaved repeats, so a load spike
+on the shared machine hits both). The embeddings of both are compared once (relative L2 error) so the two
+sides provably compute the same network.
+
+GPU mode (when JAX sees a GPU): bf16 compute at ``--gpu_batch`` (512), images/s and achieved TFLOP/s, as a
+fraction of a bf16 matmul peak measured in the same run with a large ``jnp.dot``. FLOP per image at
+112x112 (REFERENCE.md): r50 12.6 GFLOP, r100 24.2 GFLOP (2 x the multiply-accumulates).
+
+Usage (the machine is shared: serialise benchmarks):
+  flock /tmp/synleak_bench.lock python scripts/bench_backbone.py --models=iresnet50,iresnet100 --batch=64 --iters=5
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+from absl import app, flags, logging
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", ["iresnet50", "iresnet100"], "Registry model names to benchmark.")
+flags.DEFINE_integer("batch", 64, "CPU batch size.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "JAX compute dtype on CPU.")
+flags.DEFINE_integer("iters", 5, "Timed repeats per side (median reported).")
+flags.DEFINE_integer("warmup", 1, "Untimed warm-up runs per side after compilation.")
+flags.DEFINE_integer("threads", 0, "PyTorch intra-op threads (0: os.cpu_count(), the XLA CPU default).")
+flags.DEFINE_bool("torch", True, "Also time the PyTorch reference on CPU.")
+flags.DEFINE_integer("gpu_batch", 512, "Batch size in GPU mode (bf16).")
+flags.DEFINE_integer("gpu_iters", 20, "Timed repeats in GPU mode.")
+
+GFLOP_PER_IMAGE = {"iresnet50": 12.6, "iresnet100": 24.2}
+
+
+def _median_time(fn, iters: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def _jax_runner(name, variables, batch, dtype):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from synleak_jax.models import get_model
+
+    model = get_model(name, dtype=getattr(jnp, dtype))
+    x = jax.device_put(np.random.default_rng(0).standard_normal((batch, 112, 112, 3)).astype(np.float32))
+    variables = jax.device_put(variables)
+    t0 = time.perf_counter()
+    compiled = jax.jit(model.apply).lower(variables, x).compile()
+    compile_s = time.perf_counter() - t0
+    return (lambda: compiled(variables, x).block_until_ready()), compile_s, (lambda xx: compiled(variables, xx))
+
+
+def bench_cpu(name: str) -> dict:
+    import jax
+    import numpy as np
+    import torch
+
+    from synleak_jax.weights.converters import load_state_dict_into
+    from tests.models import torch_refs_arcface as refs
+
+    threads = FLAGS.threads or os.cpu_count()
+    torch.set_num_threads(threads)
+    net = refs.randomize_(refs.make_reference(name), np.random.default_rng(0))
+    variables = load_state_dict_into(name, refs.state_dict_numpy(net))
+    run_jax, compile_s, apply = _jax_runner(name, variables, FLAGS.batch, FLAGS.dtype)
+
+    # Same network on both sides: compare embeddings once.
+    x_check = np.random.default_rng(1).standard_normal((2, 112, 112, 3)).astype(np.float32)
+    ref = refs.forward_numpy(net, x_check)
+    pad = np.zeros((FLAGS.batch, 112, 112, 3), np.float32)
+    pad[:2] = x_check
+    out = np.asarray(apply(jax.device_put(pad)))[:2].astype(np.float64)
+    rel = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+
+    xt = torch.from_numpy(np.random.default_rng(0).standard_normal((FLAGS.batch, 3, 112, 112)).astype(np.float32))
+
+    def run_torch():
+        with torch.no_grad():
+            net(xt)
+
+    for _ in range(FLAGS.warmup):
+        run_jax()
+        if FLAGS.torch:
+            run_torch()
+    jax_times, torch_times = [], []
+    for i in range(FLAGS.iters):  # interleaved so load changes hit both sides
+        jax_times.append(_median_time(run_jax, 1)[0])
+        if FLAGS.torch:
+            torch_times.append(_median_time(run_torch, 1)[0])
+        logging.info("%s iter %d/%d: jax %.2fs%s", name, i + 1, FLAGS.iters, jax_times[-1],
+                     f", torch {torch_times[-1]:.2f}s" if FLAGS.torch else "")
+    jax_ips = FLAGS.batch / statistics.median(jax_times)
+    res = {"model": name, "batch": FLAGS.batch, "dtype": FLAGS.dtype, "threads": threads,
+           "compile_s": compile_s, "jax_img_s": jax_ips, "rel_err_vs_torch": rel}
+    if FLAGS.torch:
+        torch_ips = FLAGS.batch / statistics.median(torch_times)
+        res.update(torch_img_s=torch_ips, ratio=jax_ips / torch_ips)
+    return res
+
+
+def measure_bf16_matmul_peak(n: int = 8192, iters: int = 10) -> float:
+    """TFLOP/s of a large bf16 matmul (the reference peak for the GPU fraction)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.bfloat16)
+    b = jnp.ones((n, n), jnp.bfloat16)
+    f = jax.jit(lambda a, b: a @ b).lower(a, b).compile()
+    f(a, b).block_until_ready()
+    med, _ = _median_time(lambda: f(a, b).block_until_ready(), iters)
+    return 2 * n**3 / med / 1e12
+
+
+def bench_gpu(name: str, peak_tflops: float) -> dict:
+    import jax.numpy as jnp  # noqa: F401
+    import numpy as np
+
+    from synleak_jax.models import get_model
+    from synleak_jax.weights.mapping import variable_shapes  # noqa: F401
+    import jax
+
+    model = get_model(name, dtype=jnp.bfloat16)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 112, 112, 3), jnp.float32))
+    x = jax.device_put(np.random.default_rng(0).standard_normal((FLAGS.gpu_batch, 112, 112, 3)).astype(np.float32))
+    compiled = jax.jit(model.apply).lower(variables, x).compile()
+    for _ in range(3):
+        compiled(variables, x).block_until_ready()
+    med, _ = _median_time(lambda: compiled(variables, x).block_until_ready(), FLAGS.gpu_iters)
+    ips = FLAGS.gpu_batch / med
+    res = {"model": name, "batch": FLAGS.gpu_batch, "img_s": ips}
+    if name in GFLOP_PER_IMAGE:
+        tflops = ips * GFLOP_PER_IMAGE[name] / 1e3
+        res.update(tflops=tflops, fraction_of_peak=tflops / peak_tflops)
+    return res
+
+
+def main(argv):
+    del argv
+    import jax
+
+    print(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}, "
+          f"cpu_count {os.cpu_count()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    if jax.default_backend() == "cpu":
+        import torch
+
+        print(f"torch {torch.__version__}")
+        for name in FLAGS.models:
+            r = bench_cpu(name)
+            line = (f"[cpu] {name} batch {r['batch']} {r['dtype']}: JAX {r['jax_img_s']:.1f} img/s "
+                    f"(compile {r['compile_s']:.1f}s)")
+            if "torch_img_s" in r:
+                line += f", PyTorch {r['torch_img_s']:.1f} img/s ({r['threads']} threads), ratio {r['ratio']:.2f}x"
+            line += f"; embeddings rel. L2 diff {r['rel_err_vs_torch']:.1e}"
+            print(line, flush=True)
+    else:
+        peak = measure_bf16_matmul_peak()
+        print(f"[gpu] measured bf16 matmul peak: {peak:.1f} TFLOP/s")
+        for name in FLAGS.models:
+            r = bench_gpu(name, peak)
+            line = f"[gpu] {name} bf16 batch {r['batch']}: {r['img_s']:.0f} img/s"
+            if "tflops" in r:
+                line += f", {r['tflops']:.1f} TFLOP/s = {100 * r['fraction_of_peak']:.1f}% of the measured peak"
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
