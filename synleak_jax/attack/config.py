@@ -1,0 +1,82 @@
+"""The audit config schema (``ml_collections.ConfigDict``); presets in ``configs/`` start from :func:`base_config`.
+
+Every field can be overridden on the command line: ``synleak-audit --config=configs/x.py --config.attack.k=20``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def _data(name: str = "", kind: str = "image_folder", labelled: bool = True, description: str = ""):
+    d = ml_collections.ConfigDict()
+    d.name = name
+    d.kind = kind  # image_folder (root/<class>/<img>), flat_folder, recordio (insightface train.rec), tfds
+    d.path = ""
+    d.labelled = labelled  # use the source's class labels as identities
+    d.tfds_data_dir = ""
+    d.description = description
+    return d
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.title = "synleak_jax audit"
+    c.output_dir = "synleak_out/audit"
+    c.stores_dir = ""  # "" = <output_dir>/stores; point several audits at one folder to share embedding stores
+    c.notes = ()  # free-text notes copied into the report
+    c.matchers = "adaface_ir101"  # comma-separated registry names
+    c.weights = ml_collections.ConfigDict()  # weights.<matcher> = path (dlib_resnet_v1 defaults to the shipped file)
+    c.weights.adaface_ir101 = ""
+    c.weights.dlib_resnet_v1 = ""
+    c.weights.iresnet100 = ""
+    c.weights.iresnet50 = ""
+    c.weights.facenet_inception_resnet_v1 = ""
+    c.weights.sphereface20 = ""
+
+    c.data = ml_collections.ConfigDict()
+    c.data.synthetic = _data("synthetic", "image_folder", True, "the synthetic dataset under audit")
+    c.data.members = _data("members", "image_folder", True, "real images the generator was trained on")
+    c.data.nonmembers = _data("nonmembers", "image_folder", True, "held-out real images the generator never saw")
+
+    c.embed = ml_collections.ConfigDict()
+    c.embed.batch_size = 64  # global batch; a multiple of the device count
+    c.embed.chunk_batches = 16  # batches per store chunk (unit of resume)
+    c.embed.flip = True  # flip TTA (sum + L2 for cosine matchers, mean for euclidean ones)
+
+    c.calibration = ml_collections.ConfigDict()
+    c.calibration.source = "members"  # members | nonmembers | real_all (members + non-members)
+    c.calibration.max_images = 0  # 0 = all; else a seeded random subset (all pairs of it)
+    c.calibration.seed = 0
+    c.calibration.shared_label_space = False  # real_all: members and non-members labels name the same people
+    c.calibration.note = ""
+
+    c.attack = ml_collections.ConfigDict()
+    c.attack.fmrs = (1e-2, 1e-3, 1e-4)
+    c.attack.published_threshold = True  # also report the matcher's published threshold (dlib 0.6)
+    c.attack.k = 10  # neighbours per query for the pair lists
+    c.attack.membership_topk = 5  # second membership score: mean of the top-k similarities
+    c.attack.membership_fprs = (1e-3, 1e-2)
+    c.attack.identity_relation = "auto"  # auto (when both sets are labelled) | True | False
+    c.attack.agreement_fmr = 0.0  # 0 = the first FMR
+    c.attack.nbins = 1 << 16
+    c.attack.block = 1024
+
+    c.report = ml_collections.ConfigDict()
+    c.report.gallery_n = 24
+    c.report.per_group_top = 20
+
+    c.remedy = ml_collections.ConfigDict()
+    c.remedy.emit_filtered_list = False  # also --emit_filtered_list
+    c.remedy.matcher = ""  # "" = first matcher
+    c.remedy.fmr = 0.0  # 0 = first FMR
+    c.remedy.export = ""  # "" | copy | hardlink (image-folder synthetic sets)
+
+    c.demo = ml_collections.ConfigDict()
+    c.demo.enabled = False
+    c.demo.n_members = 50
+    c.demo.n_synthetic = 200
+    c.demo.steps = 400
+    c.demo.bandwidth = 0.5
+    c.demo.seed = 0
+    return c
