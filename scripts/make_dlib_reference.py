@@ -10,19 +10,21 @@ Run with a Python that has dlib and numpy (dlib is NOT a project dependency), e.
 
 What it stores (all inputs are generated here deterministically or are scikit-image's astronaut photo):
 
-* ``desc_images`` uint8 [12, 150, 150, 3] and ``desc_names``: inputs already at chip size: seeded uniform
-  noise (3), smooth gradients/sinusoids (3), synthetic drawn faces (4), the astronaut's dlib chip and its mirror
+* ``desc_images`` uint8 [10, 150, 150, 3] and ``desc_names``: inputs already at chip size: seeded uniform
+  noise (2), smooth gradients/sinusoids (2), synthetic drawn faces (4), the astronaut's dlib chip and its mirror
   image (2). ``desc_dlib`` float64 [12, 128]: ``face_recognition_model_v1.compute_face_descriptor(chip)``.
 * Chip parity: ``chip_source`` (index into ``chip_images_names``), ``chip_landmarks`` int64 [M, 5, 2] (x, y) in
   dlib's 5-point order, ``chip_dlib`` uint8 [M, 150, 150, 3] = ``dlib.get_face_chip(img, shape, 150, 0.25)``,
   ``chip_desc_dlib`` float64 [M, 128] = ``compute_face_descriptor(img, shape)`` (dlib's full pipeline),
-  ``synthetic_big`` uint8 [320, 288, 3] (a generated face image), ``astronaut_sha256`` (so the test can check
+  ``synthetic_big`` uint8 [320, 288, 3] (a generated face image); source 2 is the astronaut upscaled 3x by pixel
+  repetition (large faces: dlib samples pyramid levels), ``astronaut_sha256`` (so the test can check
   that scikit-image's copy is the same picture). The astronaut's landmarks come from dlib's HOG detector +
   ``shape_predictor_5_face_landmarks.dat``; the other landmark sets are similarity transforms of them or of
   the dlib template, rounded to integers (dlib points are integers).
 * ``astronaut_landmarks_arcface_order`` float64 [5, 2] (eye centres = means of 68-point eye contours, nose tip
   = point 30, mouth corners = points 48/54), ``astronaut_chip68_dlib`` and ``astronaut_desc68_dlib``: dlib's chip
   and descriptor from the 68-point shape (the approximation check of detector-order alignment).
+* ``pyr_input`` uint8 [41, 38, 3] (seeded noise) and ``pyr_dlib`` = ``dlib.pyramid_down(2)(pyr_input)``.
 * ``dlib_version``.
 """
 
@@ -79,13 +81,13 @@ def synthetic_face(h: int, w: int, rs: np.random.RandomState, cx: float, cy: flo
 
 
 def generated_chips() -> list[tuple[str, np.ndarray]]:
-    """The ten generated 150x150 descriptor inputs (noise, gradients, drawn faces)."""
+    """The eight generated 150x150 descriptor inputs (noise, gradients, drawn faces)."""
     out = []
-    for seed in (1, 2, 3):
+    for seed in (1, 2):
         rs = np.random.RandomState(seed)
         out.append((f"noise_seed{seed}", rs.randint(0, 256, size=(150, 150, 3)).astype(np.uint8)))
     yy, xx = np.mgrid[0:150, 0:150].astype(np.float64)
-    for seed in (11, 12, 13):
+    for seed in (11, 12):
         rs = np.random.RandomState(seed)
         ch = []
         for _ in range(3):
@@ -140,7 +142,9 @@ def main() -> None:
     # ---- chip parity cases: (source image index, landmarks)
     rs = np.random.RandomState(31)
     big = synthetic_face(320, 288, rs, 150, 165, 190)
-    sources = [astronaut, big]
+    # The astronaut upscaled 3x (pixel repetition): a large real face, so dlib samples from pyramid levels.
+    astronaut3 = np.ascontiguousarray(np.repeat(np.repeat(astronaut, 3, axis=0), 3, axis=1))
+    sources = [astronaut, big, astronaut3]
     tmpl = (0.25 + _DLIB5_UNIT) / 1.5 * 150.0
     centre_a = astro_lm.mean(0)
     cases = [
@@ -149,6 +153,10 @@ def main() -> None:
         (0, similarity_landmarks(astro_lm, -12.0, 0.55, (4, -3), centre_a)),  # small face: chip upsamples
         (1, similarity_landmarks(tmpl, -15.0, 1.3, (150 - 75, 165 - 80), np.array([75.0, 75.0]))),
         (1, similarity_landmarks(tmpl, 30.0, 1.1, (288 - 120, 320 - 110), np.array([75.0, 75.0]))),  # off the edge
+        # Large faces (chip-to-image scale ~2.4, ~3.2, ~4.9): dlib's pyramid_down<2> path, levels 0, 0 and 1.
+        (2, astro_lm * 3 + 1),
+        (2, similarity_landmarks(astro_lm * 3 + 1, -10.0, 1.3, (0, 0), centre_a * 3 + 1)),
+        (2, similarity_landmarks(astro_lm * 3 + 1, 25.0, 2.0, (-40, 30), centre_a * 3 + 1)),
     ]
     chip_src, chip_lm, chip_dlib, chip_desc = [], [], [], []
     for src_idx, lm in cases:
@@ -170,6 +178,10 @@ def main() -> None:
     chip68 = np.asarray(dlib.get_face_chip(astronaut, s68, size=150, padding=0.25), np.uint8)
     desc68 = np.asarray(net.compute_face_descriptor(astronaut, s68, num_jitters=0, padding=0.25), np.float64)
 
+    # ---- dlib's pyramid_down<2> on a small random image (exact integer filter)
+    pyr_in = np.random.RandomState(41).randint(0, 256, size=(41, 38, 3)).astype(np.uint8)
+    pyr_out = np.asarray(dlib.pyramid_down(2)(pyr_in), np.uint8)
+
     # ---- descriptor parity on chip-sized inputs
     named = generated_chips()
     named.append(("astronaut_dlib_chip", chip_dlib[0]))
@@ -188,7 +200,9 @@ def main() -> None:
         desc_names=np.array(names),
         desc_dlib=desc,
         chip_source=np.array(chip_src, np.int64),
-        chip_images_names=np.array(["skimage.data.astronaut", "synthetic_big"]),
+        chip_images_names=np.array(["skimage.data.astronaut", "synthetic_big", "astronaut_upscaled_3x"]),
+        pyr_input=pyr_in,
+        pyr_dlib=pyr_out,
         chip_landmarks=np.stack(chip_lm),
         chip_dlib=np.stack(chip_dlib),
         chip_desc_dlib=np.stack(chip_desc),

@@ -184,8 +184,11 @@ def test_chip_matches_dlib_get_face_chip():
     import hashlib
 
     assert hashlib.sha256(astronaut.tobytes()).hexdigest() == str(fx["astronaut_sha256"])
-    sources = [astronaut, fx["synthetic_big"]]
+    sources = [astronaut, fx["synthetic_big"], np.repeat(np.repeat(astronaut, 3, axis=0), 3, axis=1)]
+    levels = []
     for i, (s, lm) in enumerate(zip(fx["chip_source"], fx["chip_landmarks"])):
+        d = align.dlib_chip_details(lm, align.dlib_chip_template(150, 0.25), 150)
+        levels.append(int(np.log2(max(1.0, (d.rect[2] - d.rect[0] + 1) / 150.0))))
         ours = align.align_face(sources[s], lm, "dlib150", landmark_format="dlib5").astype(np.int16)
         ref = fx["chip_dlib"][i].astype(np.int16)
         diff = np.abs(ours - ref)
@@ -193,3 +196,23 @@ def test_chip_matches_dlib_get_face_chip():
         assert (diff > 0).mean() <= 0.001, (i, (diff > 0).mean())
     # The off-the-edge case really has a zero border (dlib's strict rule), and we reproduce it.
     assert (fx["chip_dlib"][4] == 0).all(axis=-1).sum() > 100
+    # The fixture covers direct sampling and pyramid levels 0 and 1 (faces ~1x, ~2.4-3.2x and ~4.9x the chip).
+    assert {0, 1, 2} <= set(levels), levels
+
+
+def test_pyramid_down2_matches_dlib():
+    fx = np.load(_FIXTURE)
+    np.testing.assert_array_equal(align.pyramid_down2(fx["pyr_input"]), fx["pyr_dlib"])
+
+
+def test_pyramid_down2_is_the_binomial_filter(rng):
+    img = rng.integers(0, 256, size=(20, 17, 3)).astype(np.uint8)
+    w = np.array([1, 4, 6, 4, 1], np.int64)
+    k = np.outer(w, w)
+    out = align.pyramid_down2(img)
+    assert out.shape == (8, 7, 3)
+    for i in range(8):
+        for j in range(7):
+            ref = (img[2 * i:2 * i + 5, 2 * j:2 * j + 5].astype(np.int64) * k[..., None]).sum((0, 1)) // 256
+            np.testing.assert_array_equal(out[i, j], ref)
+    assert align.pyramid_down2(img[:8]).size == 0

@@ -143,7 +143,8 @@ def test_full_pipeline_matches_dlib_compute_face_descriptor(fixture, embed_fn):
     """Our dlib150 alignment + our network vs dlib's compute_face_descriptor(image, 5-point shape)."""
     from skimage import data as skdata
 
-    sources = [skdata.astronaut(), fixture["synthetic_big"]]
+    astronaut = skdata.astronaut()
+    sources = [astronaut, fixture["synthetic_big"], np.repeat(np.repeat(astronaut, 3, axis=0), 3, axis=1)]
     chips = np.stack([
         align.align_face(sources[s], lm, "dlib150", landmark_format="dlib5")
         for s, lm in zip(fixture["chip_source"], fixture["chip_landmarks"])
