@@ -38,8 +38,7 @@ import numpy as np
 
 #: P-Net input sizes are padded up to a multiple of this (limits recompiles across image sizes).
 PNET_BUCKET = 32
-#: R-/O-Net batches are padded to a power of two >= this, at most RO_MAX_BATCH per call.
-RO_MIN_BATCH = 16
+#: R-/O-Net crops are run in chunks of at most this many (see RO_BATCH_LADDER for the padding).
 RO_MAX_BATCH = 512
 
 
@@ -113,12 +112,30 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def integral_image(rgb: np.ndarray) -> np.ndarray:
-    """``[H, W, C]`` -> float64 ``[H+1, W+1, C]`` with ``ii[r, c] = sum(rgb[:r, :c])`` (exact for uint8)."""
+    """``[H, W, C]`` uint8 -> ``[H+1, W+1, C]`` integer integral image, ``ii[r, c] = sum(rgb[:r, :c])``.
+
+    int32 while ``255 * H * W`` fits (exact and half the memory traffic of float64), int64 beyond.
+    """
     h, w, c = rgb.shape
-    ii = np.zeros((h + 1, w + 1, c), np.float64)
-    np.cumsum(rgb, axis=0, dtype=np.float64, out=ii[1:, 1:])
+    dtype = np.int32 if 255 * h * w < 2**31 else np.int64
+    ii = np.zeros((h + 1, w + 1, c), dtype)
+    np.cumsum(rgb, axis=0, dtype=dtype, out=ii[1:, 1:])
     np.cumsum(ii[1:, 1:], axis=1, out=ii[1:, 1:])
     return ii
+
+
+def resize_area(ii: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Whole-image area resampling (PyTorch ``interpolate(mode="area")``) from an integral image.
+
+    Separable: whole rows of the integral image are differenced first (contiguous copies), then columns.
+    Returns float32 ``[out_h, out_w, C]``.
+    """
+    rs, re = area_bounds(ii.shape[0] - 1, out_h)
+    cs, ce = area_bounds(ii.shape[1] - 1, out_w)
+    rows = ii[re] - ii[rs]  # [out_h, W+1, C]
+    s = rows[:, ce] - rows[:, cs]  # [out_h, out_w, C]
+    area = ((re - rs)[:, None] * (ce - cs)[None, :]).astype(np.float64)
+    return (s / area[..., None]).astype(np.float32)
 
 
 def area_bounds(n_in: int, n_out: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -141,7 +158,7 @@ def area_resample(ii: np.ndarray, r0, r1, c0, c1, out_h: int, out_w: int) -> np.
     cs, ce = c0[:, None] + (j * ww) // out_w, c0[:, None] - ((-(j + 1) * ww) // out_w)
     rs, re = rs[:, :, None], re[:, :, None]
     cs, ce = cs[:, None, :], ce[:, None, :]
-    s = ii[re, ce] - ii[rs, ce] - ii[re, cs] + ii[rs, cs]
+    s = (ii[re, ce] - ii[rs, ce] - ii[re, cs] + ii[rs, cs]).astype(np.float64)
     area = ((re - rs) * (ce - cs)).astype(np.float64)
     return (s / area[..., None]).astype(np.float32)
 
@@ -225,11 +242,15 @@ def crop_windows(boxes: np.ndarray, width: int, height: int):
 # The detector
 
 
-def _pow2_at_least(n: int, lo: int) -> int:
-    p = lo
-    while p < n:
-        p *= 2
-    return p
+#: R-/O-Net batch sizes: a ~1.5x ladder (at most ~1.5x padding waste, few compiled shapes).
+RO_BATCH_LADDER = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def _batch_bucket(n: int) -> int:
+    for b in RO_BATCH_LADDER:
+        if n <= b:
+            return b
+    return RO_BATCH_LADDER[-1]
 
 
 class MTCNNDetector:
@@ -280,14 +301,19 @@ class MTCNNDetector:
             minl *= cfg.factor
         return out
 
-    def _run_pnet(self, level: np.ndarray):
-        """level float32 [h, w, 3] normalised -> (reg [h', w', 4], prob [h', w']) for the true size."""
+    def _dispatch_pnet(self, level: np.ndarray):
+        """Starts P-Net on one level (float32 [h, w, 3], normalised), padded to the size bucket."""
         h, w = level.shape[:2]
         hb = -(-h // PNET_BUCKET) * PNET_BUCKET
         wb = -(-w // PNET_BUCKET) * PNET_BUCKET
         x = np.zeros((1, hb, wb, 3), np.float32)
         x[0, :h, :w] = level
-        reg, prob = self._pnet(self.variables["pnet"], x, np.array([h, w], np.int32))
+        return self._pnet(self.variables["pnet"], x, np.array([h, w], np.int32))
+
+    @staticmethod
+    def _collect_pnet(out, h: int, w: int):
+        """-> (reg [h', w', 4], face prob [h', w']) cropped to the true output size of an h x w level."""
+        reg, prob = out
         oh, ow = -(-(h - 2) // 2) - 4, -(-(w - 2) // 2) - 4
         return np.asarray(reg)[0, :oh, :ow], np.asarray(prob)[0, :oh, :ow, 1]
 
@@ -296,7 +322,7 @@ class MTCNNDetector:
         for s in range(0, crops.shape[0], RO_MAX_BATCH):
             chunk = crops[s:s + RO_MAX_BATCH]
             n = chunk.shape[0]
-            padded = np.zeros((_pow2_at_least(n, RO_MIN_BATCH),) + chunk.shape[1:], np.float32)
+            padded = np.zeros((_batch_bucket(n),) + chunk.shape[1:], np.float32)
             padded[:n] = chunk
             outs.append([np.asarray(o)[:n] for o in fn(variables, padded)])
         return [np.concatenate(parts, axis=0) for parts in zip(*outs)]
@@ -314,12 +340,15 @@ class MTCNNDetector:
         ii = integral_image(rgb)
         norm = lambda a: (a - np.float32(PIXEL_MEAN)) * np.float32(PIXEL_SCALE)
 
-        # Stage 1: P-Net over the pyramid.
-        cands = []
+        # Stage 1: P-Net over the pyramid. All levels are dispatched before any result is read, so the
+        # host resamples level k+1 while the device (or XLA's CPU threads) runs P-Net on level k.
+        pending = []
         for s in scales:
             hs, ws = int(height * s + 1), int(width * s + 1)
-            level = norm(area_resample(ii, 0, height, 0, width, hs, ws)[0])
-            reg, prob = self._run_pnet(level)
+            pending.append((s, hs, ws, self._dispatch_pnet(norm(resize_area(ii, hs, ws)))))
+        cands = []
+        for s, hs, ws, out in pending:
+            reg, prob = self._collect_pnet(out, hs, ws)
             ys, xs = np.nonzero(prob >= cfg.thresholds[0])
             if ys.size == 0:
                 continue
