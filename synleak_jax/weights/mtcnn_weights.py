@@ -6,7 +6,7 @@ torch pickles). ``synleak-fetch-mtcnn`` reads them straight out of the wheel wit
 one orbax checkpoint per network into the cache directory:
 
   ``$SYNLEAK_CACHE/mtcnn`` (or ``~/.cache/synleak_jax/mtcnn``)/
-      ``pnet/``, ``rnet/``, ``onet/``   orbax PyTree checkpoints of ``{"params": ...}``
+      ``pnet/``, ``rnet/``, ``onet/``   ``weights.orbax_io`` directories of ``{"params": ...}`` + metadata
       ``manifest.json``                 source wheel, per-file sha256, variable shapes, format version
 
 :func:`load_mtcnn_variables` restores them and checks them against the Flax modules' shapes.
@@ -32,7 +32,7 @@ from synleak_jax.weights.mapping import (
     variable_shapes,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one weights.orbax_io directory per net
 NET_NAMES = ("pnet", "rnet", "onet")
 # Expected sha256 of the three files in facenet-pytorch 2.6.0 (recorded when the converter was written,
 # used to say whether a wheel carries the known weights; other versions are accepted but flagged).
@@ -119,39 +119,32 @@ def _sha256(data: bytes) -> str:
 
 def save_to_cache(variables_by_net: Mapping[str, dict], sources: Mapping[str, str], origin: str,
                   directory: Path | None = None) -> Path:
-    """Writes the converted variables (orbax) and ``manifest.json``; the manifest is written last."""
-    import orbax.checkpoint as ocp
+    """Writes each net with ``weights.orbax_io.save_variables`` and then ``manifest.json`` (written last,
+    removed first, so an interrupted conversion never looks valid)."""
+    from synleak_jax.weights import orbax_io
 
     directory = Path(directory) if directory is not None else cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
     manifest_path = directory / "manifest.json"
     if manifest_path.exists():
-        manifest_path.unlink()  # an interrupted rewrite must not look valid
-    ckptr = ocp.PyTreeCheckpointer()
+        manifest_path.unlink()
     shapes = {}
     for net in NET_NAMES:
+        variables = variables_by_net[net]
         target = directory / net
-        if target.exists():
+        if target.is_dir() and (target / "_CHECKPOINT_METADATA").is_file():
             import shutil
 
-            shutil.rmtree(target)
-        variables = variables_by_net[net]
-        ckptr.save(target.absolute(), jax_tree_to_numpy(variables))
+            shutil.rmtree(target)  # a bare orbax checkpoint from format version 1 of this cache
+        orbax_io.save_variables(
+            directory / net, variables,
+            {"model_name": f"mtcnn_{net}", "source_file": f"{origin}:facenet_pytorch/data/{net}.pt",
+             "source_sha256": sources[f"{net}.pt"], "format": "torch_legacy"},
+            overwrite=True)
         shapes[net] = {k: list(np.shape(v)) for k, v in flatten_variables(variables).items()}
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "origin": origin,
-        "sha256": dict(sources),
-        "shapes": shapes,
-    }
+    manifest = {"format_version": FORMAT_VERSION, "origin": origin, "sha256": dict(sources), "shapes": shapes}
     manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return directory
-
-
-def jax_tree_to_numpy(tree):
-    import jax
-
-    return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), tree)
 
 
 def cache_is_valid(directory: Path | None = None) -> tuple[bool, str]:
@@ -181,16 +174,15 @@ def load_mtcnn_variables(directory: str | Path | None = None) -> dict[str, dict]
     Raises:
       FileNotFoundError: the cache is missing or incomplete (the message says to run synleak-fetch-mtcnn).
     """
-    import orbax.checkpoint as ocp
+    from synleak_jax.weights import orbax_io
 
     directory = Path(directory) if directory is not None else cache_dir()
     ok, why = cache_is_valid(directory)
     if not ok:
         raise FileNotFoundError(f"MTCNN weights not found in {directory} ({why}); {FETCH_HINT}")
-    ckptr = ocp.PyTreeCheckpointer()
     out = {}
     for net in NET_NAMES:
-        restored = ckptr.restore((directory / net).absolute())
+        restored, _ = orbax_io.restore_variables(directory / net)
         flat = {k: np.asarray(v, np.float32) for k, v in flatten_variables(restored).items()}
         out[net] = assign_variables(expected_shapes(net), flat, str(directory / net))
     return out

@@ -143,3 +143,34 @@ def test_cache_manifest_records_wheel_hashes(released):
     assert all(len(h) == 64 for h in manifest["sha256"].values())
     ok, why = mtcnn_weights.cache_is_valid()
     assert ok, why
+
+
+def test_fetch_from_wheel_is_idempotent_and_checks_the_wheel(tmp_path, rng):
+    """synleak-fetch-mtcnn's core on a wheel built here (random weights in the legacy format)."""
+    import zipfile
+
+    from synleak_jax.cli import fetch_mtcnn
+
+    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    refs = {net: randomize_(MTCNN_REFS[net](), gen) for net in mtcnn_weights.NET_NAMES}
+    wheel = tmp_path / "facenet_pytorch-2.6.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("facenet_pytorch/__init__.py", "raise RuntimeError('wheel code must never run')\n")
+        for net, ref in refs.items():
+            zf.writestr(f"facenet_pytorch/data/{net}.pt", legacy_bytes(ref.state_dict()))
+    cache = tmp_path / "cache"
+    assert fetch_mtcnn.fetch(str(wheel), str(cache)) == cache
+    manifest = cache / "manifest.json"
+    stamp = manifest.stat().st_mtime_ns
+    restored = mtcnn_weights.load_mtcnn_variables(cache)
+    x = rng.uniform(-1, 1, (3, 48, 48, 3)).astype(np.float32)
+    compare("onet", run_flax("onet", restored["onet"], x), run_torch(refs["onet"], x))
+    fetch_mtcnn.fetch(str(wheel), str(cache))  # valid cache: nothing is rewritten
+    assert manifest.stat().st_mtime_ns == stamp
+    bad = tmp_path / "bad.whl"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("facenet_pytorch/data/pnet.pt", legacy_bytes(refs["pnet"].state_dict()))
+    with pytest.raises(ValueError, match="rnet.pt"):
+        fetch_mtcnn.fetch(str(bad), str(tmp_path / "cache2"))
+    with pytest.raises(FileNotFoundError, match="no_such.whl"):
+        fetch_mtcnn.fetch(str(tmp_path / "no_such.whl"), str(tmp_path / "cache3"))
