@@ -41,6 +41,7 @@ import os
 import pickle
 import struct
 import zipfile
+import zlib
 from typing import Any, Mapping
 
 import ml_dtypes
@@ -494,12 +495,36 @@ def _byteswap_buffer(buffer: np.ndarray, dtype: np.dtype, source: str, key: str)
 # --------------------------------------------------------------------------------------------------------
 
 
+def _read_stored_record(raw, info: zipfile.ZipInfo, buffer: np.ndarray, path: str) -> int:
+    """Reads an uncompressed zip record straight into ``buffer`` (one copy) and checks its CRC-32.
+
+    zipfile's own reader copies through intermediate bytes objects; torch's records are stored, so this is
+    the common path for large checkpoints.
+    """
+    raw.seek(info.header_offset)
+    header = raw.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"bad local header for {info.filename!r}")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    raw.seek(info.header_offset + 30 + name_len + extra_len)
+    view = memoryview(buffer)
+    got = 0
+    while got < len(view):
+        n = raw.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    if got == len(view) and zlib.crc32(view) != info.CRC:
+        raise zipfile.BadZipFile(f"CRC-32 mismatch in {info.filename!r} (corrupt file)")
+    return got
+
+
 def _read_zip(path: str, opaque: bool = False) -> Any:
     try:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile as e:
         raise TorchFileError(f"{path}: not a readable zip archive ({e}); truncated or corrupt file?") from None
-    with zf:
+    with zf, open(path, "rb") as raw:
         names = zf.namelist()
         if any(n.split("/", 1)[-1].startswith("code/") for n in names) or any(n.endswith("constants.pkl") for n in names):
             raise TorchFileError(f"{path}: this is a TorchScript archive (torch.jit.save); not supported, export a state_dict")
@@ -537,8 +562,11 @@ def _read_zip(path: str, opaque: bool = False) -> Any:
                 )
             buffer = np.empty(nbytes, np.uint8)
             try:
-                with zf.open(info) as fh:
-                    got = fh.readinto(memoryview(buffer))
+                if info.compress_type == zipfile.ZIP_STORED and info.file_size == nbytes:
+                    got = _read_stored_record(raw, info, buffer, path)
+                else:
+                    with zf.open(info) as fh:
+                        got = fh.readinto(memoryview(buffer))
             except (zipfile.BadZipFile, OSError, EOFError) as e:
                 raise TorchFileError(f"{path}: cannot read storage record {record!r} ({e}); truncated file?") from None
             if got != nbytes:

@@ -462,3 +462,16 @@ def test_opaque_mode_still_runs_nothing(tmp_path, container):
                                "named")
     with pytest.raises(tp.TorchFileError, match=r"w \(posix\.system\)"):
         tp.load_torch_file(path, allow_opaque=True)
+
+
+def test_corrupted_storage_bytes_fail_crc(tmp_path):
+    path = _save({"w": torch.full((256,), 1.5)}, tmp_path / "crc.pt", True)
+    data = bytearray(path.read_bytes())
+    pattern = np.full(8, 1.5, np.float32).tobytes()
+    at = data.find(pattern)
+    assert at > 0
+    data[at + 5] ^= 0x01  # one flipped bit inside the stored tensor bytes
+    bad = tmp_path / "crc_bad.pt"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(tp.TorchFileError, match=r"crc_bad\.pt.*CRC"):
+        tp.read_torch_pickle(bad)
