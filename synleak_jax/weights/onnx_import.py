@@ -299,6 +299,7 @@ def import_onnx(path: str | os.PathLike, model_name: str | None = None) -> OnnxI
         var = (var.astype(np.float64) + eps - BN_EPS).astype(np.float32)
         return scale, bias, mean, var
 
+    prev_kind = None
     for slot in slots:
         if slot.kind == "conv":
             op = need("Conv", slot)
@@ -322,8 +323,16 @@ def import_onnx(path: str | os.PathLike, model_name: str | None = None) -> OnnxI
                 emit_bn(out, slot.bn_path, np.ones((o,), np.float32), bias, np.zeros((o,), np.float32),
                         np.full((o,), 1.0 - BN_EPS, np.float32))
         elif slot.kind == "bn":
-            op = need("BatchNormalization", slot)
             c = shapes[f"batch_stats/{slot.path}/mean"][0]
+            if prev_kind == "fc" and (pos >= len(ops) or ops[pos].node.op_type != "BatchNormalization"):
+                # Some exporters fold the BatchNorm1d after the fc into the Gemm: identity BN.
+                folded += 1
+                emit_bn(out, slot.path, np.ones((c,), np.float32) if slot.affine else None,
+                        np.zeros((c,), np.float32) if slot.affine else None,
+                        np.zeros((c,), np.float32), np.full((c,), 1.0 - BN_EPS, np.float32))
+                prev_kind = slot.kind
+                continue
+            op = need("BatchNormalization", slot)
             scale, bias, mean, var = read_bn(op, c)
             if not slot.affine:
                 if not (np.all(scale == 1) and np.all(bias == 0)):
@@ -373,6 +382,7 @@ def import_onnx(path: str | os.PathLike, model_name: str | None = None) -> OnnxI
             elif b is not None:
                 raise OnnxImportError(f"{source}: {op.label}: {model_name} layer {slot.key!r} has no bias; graph has one")
             emit_fc(out, slot.path, w, b, slot.chw)
+        prev_kind = slot.kind
     if pos != len(ops):
         extra = ", ".join(o.label for o in ops[pos:pos + 5])
         raise OnnxImportError(

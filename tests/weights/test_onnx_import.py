@@ -138,3 +138,24 @@ def test_deep_folded_export_matches_onnxruntime(name, tmp_path, rng):
     x = rng.standard_normal((2, 112, 112, 3)).astype(np.float32)
     ref = _ort(path, np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     assert refs.rel_l2(refs.run_flax(name, imported.variables, x), ref) <= 1e-5
+
+
+def test_final_bn_folded_into_gemm_imports_as_identity_bn(tmp_path, rng):
+    """Some exporters also fold the head's BatchNorm1d into the fc Gemm; the importer must still be exact."""
+    net = refs.randomize_(refs.make_reference("iresnet18"), rng)
+    x = rng.standard_normal((2, 112, 112, 3)).astype(np.float32)
+    want = refs.forward_numpy(net, x)
+    bn = net.features
+    with torch.no_grad():
+        s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        net.fc.weight.mul_(s[:, None])
+        net.fc.bias.copy_((net.fc.bias - bn.running_mean) * s + bn.bias)
+    net.features = torch.nn.Identity()
+    path = _export(net, tmp_path / "gemm_bn.onnx")
+    graph = onnx.load(str(path)).graph
+    assert graph.node[-1].op_type == "Gemm"
+    imported = import_onnx(path)
+    assert imported.model_name == "iresnet18"
+    out = refs.run_flax("iresnet18", imported.variables, x)
+    assert refs.rel_l2(out, _ort(path, np.ascontiguousarray(x.transpose(0, 3, 1, 2)))) <= 1e-5
+    assert refs.rel_l2(out, want) <= 1e-5
