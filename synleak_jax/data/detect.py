@@ -275,9 +275,18 @@ class MTCNNDetector:
 
         from synleak_jax.models import mtcnn
 
-        self._pnet = jax.jit(lambda v, x, hw: mtcnn.PNet().apply(v, x, hw))
-        self._rnet = jax.jit(lambda v, x: mtcnn.RNet().apply(v, x))
-        self._onet = jax.jit(lambda v, x: mtcnn.ONet().apply(v, x))
+        # Full float32 precision: on GPUs the default may use TF32 for convolutions, which moves face
+        # probabilities by ~1e-3 and can flip threshold decisions; these nets are tiny, so it costs little.
+        def exact(fn):
+            def wrapped(*args):
+                with jax.default_matmul_precision("highest"):
+                    return fn(*args)
+
+            return jax.jit(wrapped)
+
+        self._pnet = exact(lambda v, x, hw: mtcnn.PNet().apply(v, x, hw))
+        self._rnet = exact(lambda v, x: mtcnn.RNet().apply(v, x))
+        self._onet = exact(lambda v, x: mtcnn.ONet().apply(v, x))
 
     def __getstate__(self):
         import jax

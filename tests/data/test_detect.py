@@ -254,3 +254,14 @@ def test_align_fn_is_picklable_and_rejects_no_face(detector):
     fn._detector = detector  # reuse the compiled detector (a worker would build its own from the cache)
     assert fn(np.full((64, 64, 3), 100, np.uint8)) is None
     assert fn(skimage_data.astronaut()).shape == (112, 112, 3)
+
+
+def test_chunked_refinement_gives_the_same_faces(detector, monkeypatch):
+    """Many candidates: R-/O-Net run in chunks; chunk size must not change the result."""
+    img = lfw_canvas(range(40, 46))
+    ref = detector.detect(img)
+    monkeypatch.setattr(detect, "RO_MAX_BATCH", 16)
+    chunked = detector.detect(img)
+    assert len(ref) == len(chunked) == 6
+    np.testing.assert_allclose(chunked.boxes, ref.boxes, atol=1e-4)
+    np.testing.assert_allclose(chunked.landmarks, ref.landmarks, atol=1e-4)
