@@ -102,8 +102,13 @@ def save_variables(
         ckptr.save(tmp / VARIABLES_DIR, variables)
         (tmp / METADATA_FILE).write_text(meta_text)
         if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
+            # Move the old one aside first: at every moment a complete checkpoint sits under one of the names.
+            old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
