@@ -475,3 +475,55 @@ def test_corrupted_storage_bytes_fail_crc(tmp_path):
     bad.write_bytes(bytes(data))
     with pytest.raises(tp.TorchFileError, match=r"crc_bad\.pt.*CRC"):
         tp.read_torch_pickle(bad)
+
+
+class _OldStyleTensor:
+    """Pickles like torch 0.3 did: torch._utils._rebuild_tensor(storage, offset, size, stride)."""
+
+    def __init__(self, t):
+        self.t = t
+
+    def __reduce_ex__(self, proto):
+        storage = torch.storage.TypedStorage(wrap_storage=self.t.untyped_storage(), dtype=self.t.dtype, _internal=True)
+        return torch._utils._rebuild_tensor, (storage, self.t.storage_offset(), tuple(self.t.size()), self.t.stride())
+
+
+def _as_python2_strings(data: bytes) -> bytes:
+    """Rewrites the object pickle of a legacy file so str values use Python 2's SHORT_BINSTRING opcode."""
+    import pickletools
+
+    f = io.BytesIO(data)
+    for _ in range(3):  # magic, protocol version, sys info
+        pickle.load(f)
+    start = f.tell()
+    ops = list(pickletools.genops(data[start:]))  # stops after STOP
+    out = bytearray(data[:start])
+    for i, (op, arg, at) in enumerate(ops):
+        end = ops[i + 1][2] if i + 1 < len(ops) else at + 1
+        if op.name == "BINUNICODE" and len(arg.encode()) < 256:
+            out += b"U" + bytes([len(arg.encode())]) + arg.encode()
+        else:
+            out += data[start + at : start + end]
+    return bytes(out) + data[start + ops[-1][2] + 1 :]
+
+
+def test_python2_era_legacy_file(tmp_path, rng):
+    g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    base = torch.randn(5, 4, generator=g)
+    path = tmp_path / "old.pth"
+    torch.save(collections.OrderedDict(conv1_weight=_OldStyleTensor(base), fc_bias=_OldStyleTensor(base.t()[1])),
+               path, _use_new_zipfile_serialization=False)
+    py2 = tmp_path / "old_py2.pth"
+    py2.write_bytes(_as_python2_strings(path.read_bytes()))
+    assert b"U\x0cconv1_weight" in py2.read_bytes()  # the rewrite happened
+    for p in (path, py2):
+        got = tp.load_torch_file(p)
+        assert list(got) == ["conv1_weight", "fc_bias"]
+        _assert_same(got["conv1_weight"], base)
+        _assert_same(got["fc_bias"], base.t()[1])
+    # Python 2 builtins names are mapped (name only): __builtin__.set is allowed, __builtin__.eval is not.
+    ok = _legacy_with_pickle(tmp_path, b"c__builtin__\nset\n((lp0\nI1\naI2\natR.", "py2set")
+    assert tp.read_torch_pickle(ok) == {1, 2}
+    bad = _legacy_with_pickle(tmp_path, b"c__builtin__\neval\n(S'1+1'\ntR.", "py2eval")
+    with pytest.raises(tp.ForbiddenGlobalError, match="'builtins.eval'"):
+        tp.read_torch_pickle(bad)
