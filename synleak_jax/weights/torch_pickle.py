@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import _compat_pickle
 import collections
-import dataclasses
 import io
 import os
 import pickle
