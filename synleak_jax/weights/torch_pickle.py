@@ -28,7 +28,10 @@ runs):
 
 Every other global raises :class:`ForbiddenGlobalError` naming ``module.name`` and the file, before anything
 is called. The objects handed to the unpickler are immutable (slotted instances, frozen metaclass or C types),
-so a crafted BUILD opcode cannot monkeypatch them either.
+so a crafted BUILD opcode cannot monkeypatch them either. Opt-in ``allow_opaque=True`` turns other globals
+into inert :class:`OpaqueObject` placeholders (still nothing imported or run) so that training checkpoints with
+extra objects (OmegaConf configs, callbacks) can be read; :func:`load_torch_file` still refuses a placeholder
+inside the state dict. See docs/weights.md.
 """
 
 from __future__ import annotations
