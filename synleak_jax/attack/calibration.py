@@ -224,8 +224,8 @@ def calibrate_embeddings(
         genuine_mean=mg if n_gen else None, genuine_std=sg if n_gen else None,
         hist_edges=bins.edges()[::factor], hist_impostor=_coarsen(hist.impostor, factor),
         hist_genuine=_coarsen(hist.genuine, factor),
-        method=f"all impostor pairs of the labelled real set ({sets.n_a:,} images), exact blockwise histogram "
-               f"({nbins} bins) + refined order statistic",
+        method=f"all {n_imp:,} impostor pairs (different identities) of {sets.n_a:,} real images, exact blockwise "
+               f"histogram ({nbins} bins) + refined order statistic",
         note=note)
 
 

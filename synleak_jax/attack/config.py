@@ -15,6 +15,7 @@ def _data(name: str = "", kind: str = "image_folder", labelled: bool = True, des
     d.path = ""
     d.labelled = labelled  # use the source's class labels as identities
     d.tfds_data_dir = ""
+    d.align = "none"  # none: already aligned face crops (resized only); mtcnn: detect + align (e.g. raw FFHQ)
     d.description = description
     return d
 
@@ -57,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.attack.k = 10  # neighbours per query for the pair lists
     c.attack.membership_topk = 5  # second membership score: mean of the top-k similarities
     c.attack.membership_fprs = (1e-3, 1e-2)
-    c.attack.identity_relation = "auto"  # auto (when both sets are labelled) | True | False
+    c.attack.identity_relation = "auto"  # auto (when both sets are labelled) | on | off
     c.attack.agreement_fmr = 0.0  # 0 = the first FMR
     c.attack.nbins = 1 << 16
     c.attack.block = 1024
@@ -76,7 +77,47 @@ def base_config() -> ml_collections.ConfigDict:
     c.demo.enabled = False
     c.demo.n_members = 50
     c.demo.n_synthetic = 200
-    c.demo.steps = 400
-    c.demo.bandwidth = 0.5
+    c.demo.steps = 1000
+    c.demo.bandwidth = 0.25
     c.demo.seed = 0
+    return c
+
+
+CASIA_HELP = ("CASIA-WebFace as insightface's RecordIO release (faces_webface_112x112/train.rec + train.idx, "
+              "10,572 identities, ~494k aligned 112x112 images): --config.data.members.path=/data/faces_webface_112x112/train.rec")
+FFHQ_HELP = ("FFHQ (70,000 unaligned 1024x1024 PNGs, no identity labels) as a flat folder; detect + align with MTCNN "
+             "inside the audit (data.members.align=mtcnn; run synleak-fetch-mtcnn once)")
+
+
+def unveiling_preset(name: str, synthetic: str, real: str, synthetic_help: str, nonmember_help: str):
+    """A preset of the Unveiling study (Otroshi Shahreza & Marcel): one synthetic dataset vs its real source,
+    matcher AdaFace IR-101 trained on WebFace12M (the paper's matcher; bring the .ckpt)."""
+    c = base_config()
+    c.title = f"synleak_jax audit: {synthetic} vs {'CASIA-WebFace' if real == 'casia' else 'FFHQ'}"
+    c.output_dir = f"synleak_out/{name}"
+    c.matchers = "adaface_ir101"
+    c.data.synthetic.name = synthetic
+    c.data.synthetic.kind = "image_folder"  # releases are aligned 112x112 folders <class>/<image>
+    c.data.synthetic.labelled = True
+    c.data.synthetic.description = synthetic_help
+    if real == "casia":
+        c.data.members.name = "CASIA-WebFace"
+        c.data.members.kind = "recordio"
+        c.data.members.labelled = True
+        c.data.members.description = CASIA_HELP
+        c.calibration.source = "members"  # all impostor pairs of CASIA (labelled identities)
+    else:
+        c.data.members.name = "FFHQ"
+        c.data.members.kind = "flat_folder"
+        c.data.members.labelled = False
+        c.data.members.align = "mtcnn"
+        c.data.members.description = FFHQ_HELP
+        c.calibration.source = "members"  # FFHQ has no labels: each image its own identity (stated in the report)
+        c.calibration.note = "FFHQ has no identity labels; it holds few repeated people, so the bias is small."
+    c.data.nonmembers.name = "held-out real images"
+    c.data.nonmembers.kind = "image_folder" if real == "casia" else "flat_folder"
+    c.data.nonmembers.labelled = real == "casia"
+    c.data.nonmembers.align = "none" if real == "casia" else "mtcnn"
+    c.data.nonmembers.description = nonmember_help
+    c.attack.identity_relation = "auto"
     return c

@@ -46,6 +46,7 @@ class DataSet:
     source: object
     labelled: bool
     description: str
+    align: str = "none"
 
 
 # ----------------------------------------------------------------------------------------------------- data
@@ -70,8 +71,10 @@ def open_dataset(role: str, dcfg) -> DataSet | None:
     if len(src) == 0:
         raise AuditError(f"--config.data.{role}.path={dcfg.path!r} holds no images")
     labelled = bool(dcfg.labelled) and dcfg.kind in ("image_folder", "recordio", "tfds")
+    if dcfg.align not in ("none", "mtcnn"):
+        raise AuditError(f"--config.data.{role}.align={dcfg.align!r}: use 'none' (aligned crops) or 'mtcnn'")
     return DataSet(role, dcfg.name or os.path.basename(os.path.normpath(dcfg.path)), src, labelled,
-                   dcfg.description)
+                   dcfg.description, dcfg.align)
 
 
 # -------------------------------------------------------------------------------------------------- weights
@@ -128,12 +131,16 @@ def ensure_store(path: str, ds: DataSet, name: str, module, variables, entry, wi
         model_name=name, model_family=entry.family, spec=spec, weights=winfo,
         dataset={"kind": type(ds.source).__name__, "fingerprint": ds.source.fingerprint(),
                  "num_records": len(ds.source), "num_classes": getattr(ds.source, "num_classes", None)},
-        preprocessing={"alignment": "none", "template": spec.alignment, "resize": [spec.height, spec.width],
+        preprocessing={"alignment": ds.align, "template": spec.alignment, "resize": [spec.height, spec.width],
                        "channel_order": spec.channel_order, "decode": "PIL via synleak_jax.data.decode"},
         flip=ecfg.flip, flip_combine=engine.flip_combine, normalized=engine.normalize, compute_dtype=compute,
         storage_dtype="float32", plan=plan)
     t0 = time.time()
-    summary = eng.embed_to_store(path, engine, manifest, feed.pipeline_batches(ds.source, spec),
+    kwargs = {}
+    if ds.align == "mtcnn":  # detect + align full images (FFHQ) inside the pipeline; failures become rejects
+        from synleak_jax.data.detect import DetectAlign
+        kwargs["align_fn"] = DetectAlign(spec)
+    summary = eng.embed_to_store(path, engine, manifest, feed.pipeline_batches(ds.source, spec, **kwargs),
                                  describe=ds.source.describe, reasons=rejects.REASONS)
     logging.info("store %s: %s (%.1f s)", path, {k: summary.get(k) for k in ("chunks_computed", "chunks_skipped")},
                  time.time() - t0)
@@ -258,8 +265,12 @@ def analyse_matcher(cfg, name: str, metric: str, stores: dict, datasets: dict, s
     if hit:
         cal = _cal_from_cache(*hit)
     else:
-        cal = C.calibrate_embeddings(cal_x, cal_lab, fmrs, metric=metric, nbins=acfg.nbins, block=acfg.block,
-                                     fixed_thresholds=fixed, note=note)
+        try:
+            C.check_fmrs(fmrs, _n_impostor_upper_bound(cal_lab, cal_x.shape[0]))
+            cal = C.calibrate_embeddings(cal_x, cal_lab, fmrs, metric=metric, nbins=acfg.nbins, block=acfg.block,
+                                         fixed_thresholds=fixed, note=note)
+        except ValueError as e:  # impossible FMR for this calibration set: a config problem
+            raise AuditError(f"{e} (calibration set: {cal_desc})") from None
         cache.save("calibration", key, *_cal_to_cache(cal))
     cal.method = cal.method + " — " + cal_desc if cal_desc not in cal.method else cal.method
     timings["calibration"] = time.time() - t0
@@ -304,13 +315,15 @@ def analyse_matcher(cfg, name: str, metric: str, stores: dict, datasets: dict, s
 
     # --- identity relation
     rel = None
-    want_rel = acfg.identity_relation
-    if want_rel == "auto":
-        want_rel = syn_labels is not None and mem_labels is not None
+    mode = str(acfg.identity_relation).lower()
+    if mode not in ("auto", "on", "off"):
+        raise AuditError(f"--config.attack.identity_relation={acfg.identity_relation!r}: use auto, on or off")
+    want_rel = (syn_labels is not None and mem_labels is not None) if mode == "auto" else mode == "on"
     if want_rel:
         if syn_labels is None or mem_labels is None:
-            raise AuditError("--config.attack.identity_relation=True needs labelled synthetic and member sets "
-                             "(image folders <class>/<image>, data.*.labelled=True)")
+            raise AuditError("--config.attack.identity_relation=on needs labelled synthetic and member sets "
+                             "(image folders <class>/<image> or RecordIO, data.*.labelled=True) whose class ids "
+                             "name the same identities")
         t0 = time.time()
         key = _key("rel", fps, wfp, [t.tau for t in cal.thresholds], acfg.nbins)
         hit = cache.load("identity_relation", key)
@@ -342,6 +355,17 @@ def analyse_matcher(cfg, name: str, metric: str, stores: dict, datasets: dict, s
     return {"cal": cal, "nb": nb_mem, "nb_non": nb_non, "leaks": leaks, "membership": membership,
             "mem_results": mem_results, "rel": rel, "rg": rg, "timings": timings,
             "syn_labels": syn_labels, "mem_labels": mem_labels}
+
+
+def _n_impostor_upper_bound(labels, n: int) -> int:
+    """Impostor pairs of a set (exact), computed from the labels before any heavy work."""
+    total = n * (n - 1) // 2
+    if labels is None:
+        return total
+    lab = np.asarray(labels)
+    known = lab[lab >= 0]
+    _, counts = np.unique(known, return_counts=True)
+    return total - int((counts * (counts - 1) // 2).sum())
 
 
 def _neighbours(cache: StageCache, name: str, key: str, syn, real, k: int, metric: str) -> L.Neighbours:
@@ -422,11 +446,18 @@ def run_audit(cfg, *, emit_filtered_list: bool | None = None) -> dict:
                      f"{g['final_train_mse']:.5f}); latent sampling bandwidth {cfg.demo.bandwidth}. Images are 25x25 "
                      f"LFW crops from scikit-image, resized to 32x32 and then to the matcher's input: far below the "
                      f"resolution face matchers are built for, so the absolute numbers are only illustrative.")
-    datasets = {r: open_dataset(r, cfg.data[r]) for r in ROLES}
-    datasets = {r: d for r, d in datasets.items() if d is not None}
     matchers = [m.strip() for m in cfg.matchers.split(",") if m.strip()]
     if not matchers:
         raise AuditError("--config.matchers is empty: name at least one registered model (e.g. dlib_resnet_v1)")
+    for name in matchers:  # weights problems first: they are cheap to check and easy to fix
+        w = cfg.weights.get(name, "")
+        if not w and name != "dlib_resnet_v1":
+            raise AuditError(f"matcher {name!r} needs weights: --config.weights.{name}=PATH (see docs/audit.md for "
+                             "where to get them)")
+        if w and not os.path.exists(w):
+            raise AuditError(f"--config.weights.{name}={w!r} does not exist")
+    datasets = {r: open_dataset(r, cfg.data[r]) for r in ROLES}
+    datasets = {r: d for r, d in datasets.items() if d is not None}
     fmrs = [float(f) for f in cfg.attack.fmrs]
     if not fmrs:
         raise AuditError("--config.attack.fmrs is empty")

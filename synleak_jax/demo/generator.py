@@ -169,8 +169,8 @@ def save_png_folder(root: str, images: np.ndarray, prefix: str) -> list[str]:
     return names
 
 
-def make_demo_data(root: str, *, n_members: int = 50, n_synthetic: int = 200, steps: int = 400,
-                   bandwidth: float = 0.5, seed: int = 0) -> dict:
+def make_demo_data(root: str, *, n_members: int = 50, n_synthetic: int = 200, steps: int = 1000,
+                   bandwidth: float = 0.25, seed: int = 0) -> dict:
     """Builds the demo's three image folders under ``root`` (members/, nonmembers/, synthetic/) and returns a
     description (written to ``root/demo_info.json``; a finished root is reused as is)."""
     import json

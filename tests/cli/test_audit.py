@@ -1,0 +1,139 @@
+"""synleak-audit end to end: the built-in demo (the README's first command), its report, the HTML gallery in
+headless Chromium, resume, the remedy export and clear errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import jsonschema
+import numpy as np
+import pytest
+from PIL import Image
+
+from synleak_jax.report import writer as W
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _audit(*args, cwd=None, check=True):
+    env = dict(os.environ)
+    cmd = [sys.executable, "-c", "from synleak_jax.cli.audit import run; run()", *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=900)
+    if check and p.returncode != 0:
+        raise AssertionError(f"synleak-audit failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The default audit exactly as `synleak-audit` runs it (only the output folder moved to a temp dir)."""
+    out = tmp_path_factory.mktemp("demo") / "out"
+    t0 = time.time()
+    p = _audit(f"--config.output_dir={out}")
+    return out, p, time.time() - t0
+
+
+def test_demo_report_files_and_numbers(demo):
+    out, p, secs = demo
+    print(f"demo audit took {secs:.1f} s")
+    for f in ("report.json", "index.html", "pairs.csv", "filtered_synthetic.txt"):
+        if f == "filtered_synthetic.txt":
+            continue
+        assert (out / f).exists(), f
+    rep = json.loads((out / "report.json").read_text())
+    jsonschema.validate(rep, W.load_schema())
+    assert rep["demo"] is True and "DEMO" in (out / "index.html").read_text()
+    (m,) = rep["matchers"]
+    assert m["name"] == "dlib_resnet_v1" and m["metric"] == "euclidean"
+    assert m["weights"]["sha256"]  # the real shipped dlib weights
+    cal = m["calibration"]
+    assert cal["n_impostor_pairs"] == 100 * 99 // 2  # 100 real images, each its own identity
+    thr = {t["source"] if t["source"] != "calibrated" else t["fmr"]: t for t in cal["thresholds"]}
+    assert thr[0.01]["impostors_above"] <= 49 and thr[0.001]["impostors_above"] <= 4
+    assert thr[0.001]["tau_native"] < thr[0.01]["tau_native"] < 1.5  # distances: stricter FMR = smaller tau
+    assert any("published 0.6" in k for k in thr if isinstance(k, str))
+    lk = {x["fmr"]: x for x in m["leakage"] if x["source"] == "calibrated"}
+    assert lk[0.01]["n_synthetic"] == 200 and lk[0.01]["n_real"] == 50
+    # The phenomenon: the over-fitted generator leaks.
+    assert lk[0.001]["synthetic_matched"] > 0 and lk[0.001]["real_images_matched"] > 0
+    assert lk[0.001]["synthetic_matched"] <= lk[0.01]["synthetic_matched"] <= 200
+    mem = m["membership"]
+    assert mem["available"] and len(mem["results"]) == 2
+    assert mem["results"][0]["n_members"] == 50 and mem["results"][0]["n_nonmembers"] == 50
+    assert mem["results"][0]["auc"] > 0.5
+    tails = m["distributions"]["real_vs_generated"]["tails"]
+    assert tails[0]["real_vs_generated_pairs_above"] >= 0 and 0 <= tails[0]["real_vs_generated_tail"] <= 1
+    # pairs.csv holds every listed pair; its count equals the report's
+    lines = (out / "pairs.csv").read_text().strip().splitlines()
+    assert len(lines) - 1 == sum(x["n_pairs"] for x in m["leakage"])
+    for pl in m["plots"].values():
+        assert (out / pl).exists()
+    assert len(rep["gallery"]) == 16
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (CI installs it)")
+def test_html_gallery_renders_in_headless_chromium(demo, tmp_path):
+    out, _, _ = demo
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    url = (out / "index.html").as_uri()
+    dom = subprocess.run([CHROMIUM, *flags, "--virtual-time-budget=5000", "--dump-dom", url], capture_output=True,
+                         text=True, timeout=120).stdout
+    n = json.loads((out / "report.json").read_text())["gallery"]
+    assert dom.count('class="pair"') == len(n) == 16
+    assert f'data-pairs-rendered="{len(n)}"' in dom
+    assert f'data-images-loaded="{2 * len(n)}"' in dom  # every thumbnail decoded
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,1600", url], capture_output=True,
+                   timeout=120)
+    im = np.asarray(Image.open(shot).convert("L"), np.float32)
+    assert im.shape == (1600, 1200)
+    assert im.std() > 10 and (im < 128).mean() > 0.01  # text and tables drawn, not a blank page
+
+
+def test_rerun_resumes_from_stages(demo, tmp_path):
+    out, _, _ = demo
+    p = _audit(f"--config.output_dir={out}")
+    log = p.stderr
+    assert "demo data: reusing" in log
+    for stage in ("calibration", "neighbours", "real_vs_generated"):
+        assert f"stage {stage}: reusing" in log
+    assert "0 of its" in log or "chunks_computed': []" in log  # embedding stores reused
+
+
+def test_emit_filtered_list_and_export(demo, tmp_path):
+    out, _, _ = demo
+    out2 = tmp_path / "out2"
+    shutil.copytree(out / "demo_data", out2 / "demo_data")
+    _audit(f"--config.output_dir={out2}", "--emit_filtered_list", "--config.remedy.export=copy",
+           "--config.remedy.fmr=0.001", f"--config.stores_dir={out}/stores")
+    rep = json.loads((out2 / "report.json").read_text())
+    rem = rep["remedy"]
+    lk = [x for x in rep["matchers"][0]["leakage"] if x["fmr"] == 0.001 and x["source"] == "calibrated"][0]
+    kept = (out2 / "filtered_synthetic.txt").read_text().split()
+    assert rem["removed"] == lk["synthetic_matched"] > 0 and rem["kept"] == len(kept) == 200 - rem["removed"]
+    assert sorted(os.listdir(out2 / "filtered_synthetic")) == sorted(os.path.basename(k) for k in kept)
+
+
+def test_clear_errors(tmp_path):
+    p = _audit("--config.demo.enabled=False", "--config.matchers=dlib_resnet_v1",
+               f"--config.data.synthetic.path={tmp_path / 'missing'}", f"--config.output_dir={tmp_path}", check=False)
+    assert p.returncode != 0 and "--config.data.synthetic.path" in p.stderr and "does not exist" in p.stderr
+    p = _audit("--config.demo.enabled=False", "--config.matchers=adaface_ir101",
+               f"--config.data.synthetic.path={tmp_path}", f"--config.data.members.path={tmp_path}",
+               f"--config.output_dir={tmp_path}", check=False)
+    assert p.returncode != 0 and "--config.weights.adaface_ir101" in p.stderr
+
+
+def test_impossible_fmr_is_explained(demo, tmp_path):
+    out, _, _ = demo
+    out2 = tmp_path / "o"
+    shutil.copytree(out / "demo_data", out2 / "demo_data")
+    p = _audit(f"--config.output_dir={out2}", "--config.attack.fmrs=(1e-2,1e-6)", f"--config.stores_dir={out}/stores",
+               check=False)
+    assert p.returncode != 0
+    assert "FMR 1e-06 cannot be calibrated" in p.stderr and "1,000,000" in p.stderr and "4,950" in p.stderr
