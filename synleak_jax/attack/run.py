@@ -294,6 +294,14 @@ def analyse_matcher(cfg, name: str, metric: str, stores: dict, datasets: dict, s
         lk = L.leakage_at(nb_mem, t.tau, fmr=t.fmr, source=t.source, real_labels=mem_labels, syn_labels=syn_labels)
         leaks.append(lk)
 
+    # Control: the same counts against the held-out non-members. A generator that only produces plausible faces
+    # matches members and non-members alike; leakage shows as members matched far more often.
+    leaks_control = []
+    if nb_non is not None:
+        non_labels = _labels_or_none(stores["nonmembers"], datasets["nonmembers"].labelled)
+        for t in cal.thresholds:
+            leaks_control.append(L.leakage_at(nb_non, t.tau, fmr=t.fmr, source=t.source, real_labels=non_labels))
+
     # --- membership
     membership = {"available": False, "results": [],
                   "reason": "no held-out real images (non-members) were given: membership inference needs images the "
@@ -352,7 +360,8 @@ def analyse_matcher(cfg, name: str, metric: str, stores: dict, datasets: dict, s
         cache.save("real_vs_generated", key, rg)
     timings["real_vs_generated"] = time.time() - t0
 
-    return {"cal": cal, "nb": nb_mem, "nb_non": nb_non, "leaks": leaks, "membership": membership,
+    return {"cal": cal, "nb": nb_mem, "nb_non": nb_non, "leaks": leaks, "leaks_control": leaks_control,
+            "membership": membership,
             "mem_results": mem_results, "rel": rel, "rg": rg, "timings": timings,
             "syn_labels": syn_labels, "mem_labels": mem_labels}
 
@@ -503,7 +512,9 @@ def run_audit(cfg, *, emit_filtered_list: bool | None = None) -> dict:
             "input_spec": spec.to_dict(),
             "stores": {r: {"path": s.path if hasattr(s, "path") else "", "manifest": _manifest_summary(s.manifest)}
                        for r, s in stores.items()},
-            "calibration": res["cal"].to_dict(), "leakage": leak_rows, "membership": res["membership"],
+            "calibration": res["cal"].to_dict(), "leakage": leak_rows,
+            "leakage_control_nonmembers": [x.summary() for x in res["leaks_control"]],
+            "membership": res["membership"],
             "identity_relation": rel, "distributions": {"real_vs_generated": rg},
             "plots": _plots(out_dir, name, metric, res)})
         # Gallery: the strongest pairs of this matcher (the pair list at the loosest threshold holds them all).
@@ -518,7 +529,8 @@ def run_audit(cfg, *, emit_filtered_list: bool | None = None) -> dict:
             item = _pair_row(name, "", None, rank, si, ri, sc, stores, datasets, metric)
             gallery_items.append({"matcher": name, "rank": rank, "syn_idx": si, "real_idx": ri,
                                   "score_native": item["score_native"], "syn_id": item["syn_id"],
-                                  "real_id": item["real_id"], "matched_at": ", ".join(matched)})
+                                  "real_id": item["real_id"], "matched_at": ", ".join(matched),
+                                  "unit": "distance" if metric == "euclidean" else "cosine"})
         del loosest
 
     # --- agreement between matchers

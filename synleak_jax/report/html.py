@@ -89,13 +89,18 @@ def render(report: dict) -> str:
     out.append("<h2>Summary</h2>")
     srows = []
     for m in report["matchers"]:
-        for lk in m["leakage"]:
+        ctrl = m.get("leakage_control_nonmembers") or []
+        for i, lk in enumerate(m["leakage"]):
             mem = m["membership"]["results"][0] if m["membership"]["results"] else None
+            c = ctrl[i] if i < len(ctrl) else None
             srows.append([m["name"], _thr_label(lk), lk["tau_native"], lk["synthetic_matched"],
-                          lk["synthetic_matched_fraction"], lk["real_images_matched"], lk["real_identities_matched"],
-                          lk["n_pairs"], mem["auc"] if mem else None])
-    out.append(table(["matcher", "threshold", "tau (native)", "synthetic matched", "share", "real images matched",
-                      "real identities matched", "pairs", "membership AUC"], srows, left=2))
+                          lk["synthetic_matched_fraction"],
+                          f"{lk['real_images_matched']:,} / {lk['n_real']:,}",
+                          f"{c['real_images_matched']:,} / {c['n_real']:,}" if c else None,
+                          lk["real_identities_matched"], lk["n_pairs"], mem["auc"] if mem else None])
+    out.append(table(["matcher", "threshold", "tau (native)", "synthetic matched", "share", "members matched",
+                      "non-members matched (control)", "real identities matched", "pairs", "membership AUC"],
+                     srows, left=2))
 
     for m in report["matchers"]:
         out.append(f"<h2>Matcher {e(m['name'])}</h2><p class='note'>Scores in {e(m['native_unit'])}. "
@@ -114,6 +119,15 @@ def render(report: dict) -> str:
                            lk["n_real"], lk["real_identities_matched"], lk.get("real_identities_total"),
                            lk["n_pairs"], f"{lk['truncated_synthetic_queries']}/{lk['truncated_real_queries']}"]
                           for lk in m["leakage"]]))
+        ctrl = m.get("leakage_control_nonmembers") or []
+        if ctrl:
+            out.append("<p class='note'>Control: the same counts against the held-out non-members (images the "
+                       "generator never saw). Without leakage members and non-members are matched about equally "
+                       "often.</p>")
+            out.append(table(["threshold", "synthetic matching a non-member", "of", "non-members matched", "of",
+                              "pairs"],
+                             [[_thr_label(lk), lk["synthetic_matched"], lk["n_synthetic"], lk["real_images_matched"],
+                               lk["n_real"], lk["n_pairs"]] for lk in ctrl]))
         for lk in m["leakage"][:1]:
             if lk.get("per_synthetic_class_top"):
                 out.append("<p class='note'>Synthetic classes with most matched images "
@@ -181,7 +195,7 @@ def render(report: dict) -> str:
             f"<figure class='pair' data-rank='{e(g['rank'])}'>"
             f"<img alt='synthetic {e(g['syn_id'])}' src='{e(g['syn_thumb'])}'> "
             f"<img alt='real {e(g['real_id'])}' src='{e(g['real_thumb'])}'>"
-            f"<figcaption>#{e(g['rank'])} {e(g['matcher'])} score {e(g['score_native'])}"
+            f"<figcaption>#{e(g['rank'])} {e(g['matcher'])} {e(g.get('unit', 'score'))} {e(g['score_native'])}"
             f"{' (match at ' + e(g['matched_at']) + ')' if g.get('matched_at') else ''}<br>"
             f"syn: {e(g['syn_id'])}<br>real: {e(g['real_id'])}</figcaption></figure>")
     out.append("</div>")

@@ -137,3 +137,64 @@ def test_impossible_fmr_is_explained(demo, tmp_path):
                check=False)
     assert p.returncode != 0
     assert "FMR 1e-06 cannot be calibrated" in p.stderr and "1,000,000" in p.stderr and "4,950" in p.stderr
+
+
+def _write_png(path, gray_u8):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(gray_u8, mode="L").save(path)
+
+
+def test_planted_image_copies_found_at_fmr_1e3_with_identity_relation(tmp_path):
+    """Image-level planted leak through the whole audit with the real dlib matcher: a labelled synthetic set of
+    transformed copies (noise, 1-pixel shifts, flips) of member images, plus non-face images. Every planted
+    (copy, original) pair must be listed at FMR 1e-3; the identity relation must see same-label pairs closer."""
+    import skimage.data
+
+    from synleak_jax.attack.config import base_config
+    from synleak_jax.attack.run import run_audit
+
+    lfw = np.round(np.asarray(skimage.data.lfw_subset()) * 255).astype(np.uint8)
+    faces, nonfaces = lfw[:100], lfw[100:]
+    rng = np.random.default_rng(0)
+    for i in range(100):  # 20 pseudo-identities x 5 images (labels are arbitrary groups: a plumbing test)
+        _write_png(str(tmp_path / "members" / f"c{i // 5:02d}" / f"{i:03d}.png"), faces[i])
+    planted = rng.choice(100, 12, replace=False)
+    kinds = ["noise", "shift", "flip"]
+    for j, i in enumerate(planted):
+        im = faces[i].astype(np.int16)
+        kind = kinds[j % 3]
+        if kind == "noise":
+            im = im + rng.normal(0, 3, im.shape).round().astype(np.int16)
+        elif kind == "shift":
+            im = np.roll(im, 1, axis=1)
+        else:
+            im = im[:, ::-1]
+        _write_png(str(tmp_path / "syn" / f"c{i // 5:02d}" / f"copy{j:02d}.png"), np.clip(im, 0, 255).astype(np.uint8))
+    for j in range(20):
+        _write_png(str(tmp_path / "syn" / f"c{j:02d}" / f"other{j:02d}.png"), nonfaces[j])
+    cfg = base_config()
+    cfg.output_dir = str(tmp_path / "out")
+    cfg.matchers = "dlib_resnet_v1"
+    cfg.data.synthetic.path = str(tmp_path / "syn")
+    cfg.data.members.path = str(tmp_path / "members")
+    cfg.attack.fmrs = (1e-2, 1e-3)
+    cfg.embed.flip = False
+    cfg.report.gallery_n = 5
+    rep = run_audit(cfg)
+    W.validate(rep)
+    (m,) = rep["matchers"]
+    assert m["calibration"]["n_impostor_pairs"] == 4950 - 20 * 10 and m["calibration"]["n_genuine_pairs"] == 200
+    assert not m["membership"]["available"] and "non-members" in m["membership"]["reason"]
+    # every planted pair is in pairs.csv at FMR 1e-3
+    import csv
+    rows = [r for r in csv.DictReader(open(tmp_path / "out" / "pairs.csv")) if r["threshold"] == "FMR 0.001"]
+    found = {(os.path.basename(r["syn_id"]), os.path.basename(r["real_id"])) for r in rows}
+    for j, i in enumerate(planted):
+        assert (f"copy{j:02d}.png", f"{i:03d}.png") in found, (j, i, kinds[j % 3])
+    lk = [x for x in m["leakage"] if x["fmr"] == 0.001 and x["source"] == "calibrated"][0]
+    assert lk["synthetic_matched"] >= 12 and lk["real_identities_matched"] >= 1
+    assert lk["per_synthetic_class_top"] and lk["per_real_identity_top"]
+    rel = m["identity_relation"]
+    assert rel is not None and rel["n_genuine_pairs"] > 0
+    assert rel["genuine_mean"] < rel["impostor_mean"]  # distances: same label closer
+    assert 0 <= rel["rank1_identification"]["rank1"] <= 1
