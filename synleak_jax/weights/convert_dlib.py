@@ -256,8 +256,9 @@ class _Reader:
 
     def shape4(self, what: str) -> tuple[int, int, int, int]:
         dims = tuple(self.int(f"{what} dim {d}") for d in ("n", "k", "nr", "nc"))
-        if any(d < 0 for d in dims):
-            raise self.fail(f"negative dimension in {what}: {dims}")
+        if any(d < 0 or d > self.n for d in dims):
+            # A dimension larger than the file cannot be real (and products of such could overflow).
+            raise self.fail(f"implausible dimensions for {what}: {dims}")
         return dims  # type: ignore[return-value]
 
     def tensor(self, what: str) -> np.ndarray:

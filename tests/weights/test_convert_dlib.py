@@ -193,3 +193,27 @@ def test_load_dlib_dat_gives_checked_flax_variables(tensors):
     del broken["unit2.conv1.biases"]
     with pytest.raises(WeightMappingError, match="unit2.conv1.biases"):
         converters.load_state_dict_into("dlib_resnet_v1", broken, "broken")
+
+
+def test_random_corruption_never_escapes_as_another_exception(dat_bytes, rng):
+    """Byte changes around the layer records (type strings, sizes, alias shapes, multipliers, flags, tensor
+    headers) either leave a readable file or raise DlibFormatError, never IndexError/OverflowError/..."""
+    positions = []
+    for needle in (b"con_4", b"affine_", b"relu_", b"add_prev_", b"avg_pool_2", b"max_pool_2", b"fc_2",
+                   b"input_rgb", b"loss_metric"):
+        start = 0
+        while (pos := dat_bytes.find(needle, start)) >= 0:
+            positions.extend(range(max(0, pos - 40), min(len(dat_bytes), pos + 60)))
+            start = pos + 1
+    positions.extend(range(0, 300))  # the nested version headers
+    hit = {"ok": 0, "error": 0}
+    for i in rng.choice(np.unique(positions), 60, replace=False):
+        data = bytearray(dat_bytes)
+        data[i] ^= int(rng.integers(1, 256))
+        try:
+            cd.parse_dlib_resnet(bytes(data), "fuzz.dat")
+            hit["ok"] += 1
+        except cd.DlibFormatError as e:
+            assert re.search(r"fuzz\.dat: byte \d+: ", str(e)), str(e)
+            hit["error"] += 1
+    assert hit["error"] > 20, hit  # most structural changes are detected
