@@ -520,10 +520,27 @@ class DetectAlign:
     """
 
     def __init__(self, spec_or_template="arcface112", policy: str = "largest", config: DetectConfig = DetectConfig()):
+        from synleak_jax.weights import mtcnn_weights
+
+        if policy not in ("largest", "best"):
+            raise ValueError(f"DetectAlign: policy must be 'largest' or 'best', got {policy!r}")
+        # Fail here, in the launching process, rather than turning every record into an ALIGN_FAILED
+        # reject inside the workers when the weights were never fetched.
+        ok, why = mtcnn_weights.cache_is_valid()
+        if not ok:
+            raise FileNotFoundError(f"MTCNN weights unavailable ({why}); {mtcnn_weights.FETCH_HINT}")
         self.template = template_name(spec_or_template)
         self.policy = policy
         self.config = config
         self._detector = None
+
+    def describe(self) -> dict:
+        """JSON-able description for manifests: detector settings, template, policy, weight hashes."""
+        from synleak_jax.weights import mtcnn_weights
+
+        template = self.template if isinstance(self.template, str) else self.template.name
+        return {"detector": "mtcnn", "config": dataclasses.asdict(self.config), "template": template,
+                "policy": self.policy, "weights_sha256": mtcnn_weights.read_manifest().get("sha256", {})}
 
     def __getstate__(self):
         return {"template": self.template, "policy": self.policy, "config": self.config}

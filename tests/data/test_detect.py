@@ -250,7 +250,10 @@ def test_policy_largest_vs_best(detector):
 
 
 def test_align_fn_is_picklable_and_rejects_no_face(detector):
-    fn = pickle.loads(pickle.dumps(detect.DetectAlign("arcface112")))
+    original = detect.DetectAlign("arcface112")
+    desc = original.describe()
+    assert desc["template"] == "arcface112" and set(desc["weights_sha256"]) == {"pnet.pt", "rnet.pt", "onet.pt"}
+    fn = pickle.loads(pickle.dumps(original))
     fn._detector = detector  # reuse the compiled detector (a worker would build its own from the cache)
     assert fn(np.full((64, 64, 3), 100, np.uint8)) is None
     assert fn(skimage_data.astronaut()).shape == (112, 112, 3)
@@ -265,3 +268,9 @@ def test_chunked_refinement_gives_the_same_faces(detector, monkeypatch):
     assert len(ref) == len(chunked) == 6
     np.testing.assert_allclose(chunked.boxes, ref.boxes, atol=1e-4)
     np.testing.assert_allclose(chunked.landmarks, ref.landmarks, atol=1e-4)
+
+
+def test_align_fn_fails_early_without_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNLEAK_CACHE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="synleak-fetch-mtcnn"):
+        detect.DetectAlign("arcface112")
