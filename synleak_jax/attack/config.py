@@ -71,7 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.remedy.emit_filtered_list = False  # also --emit_filtered_list
     c.remedy.matcher = ""  # "" = first matcher
     c.remedy.fmr = 0.0  # 0 = first FMR
-    c.remedy.export = ""  # "" | copy | hardlink (image-folder synthetic sets)
+    c.remedy.export = ""  # "" | copy | hardlink (image-folder synthetic sets) | recordio (train.rec/.idx)
 
     c.demo = ml_collections.ConfigDict()
     c.demo.enabled = False

@@ -657,6 +657,19 @@ def _remedy(cfg, out_dir, raw, datasets, matchers, fmrs) -> dict:
             n += 1
         out["export"] = "filtered_synthetic/"
         out["exported"] = n
+    elif rcfg.export == "recordio":
+        # The kept records' bytes as stored, with their labels (unlabelled -> 0), through the data layer's writer.
+        from synleak_jax.data import recordio
+
+        items = []
+        for r in keep_rec.tolist():
+            b, lab = src.read_record(int(r))
+            items.append((b, max(int(lab), 0)))
+        prefix = os.path.join(out_dir, "filtered_synthetic", "train")
+        os.makedirs(os.path.dirname(prefix), exist_ok=True)
+        info = recordio.write_recordio(prefix, items, layout="keys")
+        out["export"] = "filtered_synthetic/train.rec"
+        out["exported"] = int(info.get("num_images", len(items)))
     elif rcfg.export:
-        raise AuditError(f"--config.remedy.export={rcfg.export!r}: use '', 'copy' or 'hardlink'")
+        raise AuditError(f"--config.remedy.export={rcfg.export!r}: use '', 'copy', 'hardlink' or 'recordio'")
     return out

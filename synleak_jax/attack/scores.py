@@ -252,6 +252,9 @@ class PairSets:
                 lb = -(np.arange(self.n_b, dtype=np.int64) + 1 + self.n_a)
         else:
             b, lb, self.n_b = a, la, self.n_a
+        if self.block * (-(-self.n_b // self.block) * self.block) >= 2**31:
+            # Per-row-block counts are int32 (summed on the host in int64): keep one row block's pairs below 2^31.
+            raise ValueError(f"{self.n_b:,} columns x block {self.block} overflows int32 counts; use a smaller block")
         self.range = score_range(a, None if self.mode == "self" else b, metric)
         self.a = _pad_rows(a, self.block)
         self.la = _pad_rows(la, self.block, fill=-1)

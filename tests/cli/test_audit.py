@@ -180,6 +180,9 @@ def test_planted_image_copies_found_at_fmr_1e3_with_identity_relation(tmp_path):
     cfg.attack.fmrs = (1e-2, 1e-3)
     cfg.embed.flip = False
     cfg.report.gallery_n = 5
+    cfg.remedy.emit_filtered_list = True
+    cfg.remedy.fmr = 1e-3
+    cfg.remedy.export = "recordio"
     rep = run_audit(cfg)
     W.validate(rep)
     (m,) = rep["matchers"]
@@ -198,3 +201,11 @@ def test_planted_image_copies_found_at_fmr_1e3_with_identity_relation(tmp_path):
     assert rel is not None and rel["n_genuine_pairs"] > 0
     assert rel["genuine_mean"] < rel["impostor_mean"]  # distances: same label closer
     assert 0 <= rel["rank1_identification"]["rank1"] <= 1
+    # remedy as RecordIO: exactly the kept images, none of the planted copies
+    from synleak_jax.data.recordio import RecordIOSource
+    rem = rep["remedy"]
+    assert rem["removed"] == lk["synthetic_matched"] and rem["kept"] + rem["removed"] == 32
+    rec = RecordIOSource(str(tmp_path / "out" / "filtered_synthetic" / "train"))
+    assert len(rec) == rem["kept"]
+    kept = (tmp_path / "out" / "filtered_synthetic.txt").read_text().split()
+    assert not any("copy" in os.path.basename(k) for k in kept)
