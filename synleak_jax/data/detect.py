@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
