@@ -274,3 +274,15 @@ def test_align_fn_fails_early_without_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("SYNLEAK_CACHE", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="synleak-fetch-mtcnn"):
         detect.DetectAlign("arcface112")
+
+
+def test_facenet_crop_matches_torch_area_crop(rng):
+    """facenet-pytorch's tensor path: crop the int box, interpolate(mode="area") to 160, truncate to uint8."""
+    img = rng.integers(0, 256, (300, 260, 3)).astype(np.uint8)
+    box = np.array([30.7, 41.2, 190.9, 230.4], np.float32)
+    ours = detect.facenet_crop(img, box, 160)
+    x0, y0, x1, y1 = int(30.7), int(41.2), int(190.9), int(230.4)
+    t = torch.from_numpy(img[y0:y1, x0:x1].astype(np.float32)).permute(2, 0, 1)[None]
+    ref = torch.nn.functional.interpolate(t, size=(160, 160), mode="area").byte()[0].permute(1, 2, 0).numpy()
+    diff = np.abs(ours.astype(int) - ref.astype(int))
+    assert ours.shape == (160, 160, 3) and diff.max() <= 1 and (diff > 0).mean() < 1e-3
