@@ -209,3 +209,55 @@ def test_planted_image_copies_found_at_fmr_1e3_with_identity_relation(tmp_path):
     assert len(rec) == rem["kept"]
     kept = (tmp_path / "out" / "filtered_synthetic.txt").read_text().split()
     assert not any("copy" in os.path.basename(k) for k in kept)
+
+
+@pytest.mark.slow  # ~1 min on 2 cores (MobileFaceNet compile)
+def test_two_matchers_agreement(tmp_path):
+    """Multi-matcher path (Tinsley style): dlib plus a second matcher given as an orbax weights directory (a
+    random-initialised MobileFaceNet — meaningless as a face matcher, used only to exercise the plumbing)."""
+    import jax
+    import jax.numpy as jnp
+    import skimage.data
+
+    from synleak_jax.attack.config import base_config
+    from synleak_jax.attack.run import run_audit
+    from synleak_jax.models import registry
+    from synleak_jax.weights import save_variables
+
+    spec = registry.get_spec("mobilefacenet")
+    v = registry.get_model("mobilefacenet").init(jax.random.PRNGKey(0),
+                                                 jnp.zeros((1, spec.height, spec.width, 3), jnp.float32))
+    v = jax.tree_util.tree_map(np.asarray, v)
+    wdir = save_variables(str(tmp_path / "mfn"), v, {"model_name": "mobilefacenet", "input_spec": spec.to_dict(),
+                                                     "source_file": "random-init", "source_sha256": "", "format": "test"})
+    lfw = np.round(np.asarray(skimage.data.lfw_subset()) * 255).astype(np.uint8)
+    for i in range(60):
+        _write_png(str(tmp_path / "real" / f"{i:03d}.png"), lfw[i])
+    for j in range(20):
+        _write_png(str(tmp_path / "syn" / f"s{j:02d}.png"), lfw[j] if j < 10 else lfw[100 + j])
+    cfg = base_config()
+    cfg.output_dir = str(tmp_path / "out")
+    cfg.matchers = "dlib_resnet_v1,mobilefacenet"
+    cfg.weights.mobilefacenet = str(wdir)
+    for role, path in (("synthetic", "syn"), ("members", "real")):
+        cfg.data[role].kind = "flat_folder"
+        cfg.data[role].labelled = False
+        cfg.data[role].path = str(tmp_path / path)
+    cfg.attack.fmrs = (1e-2,)
+    cfg.embed.flip = False
+    cfg.embed.batch_size = 32
+    cfg.report.gallery_n = 3
+    rep = run_audit(cfg)
+    W.validate(rep)
+    assert [m["name"] for m in rep["matchers"]] == ["dlib_resnet_v1", "mobilefacenet"]
+    assert rep["matchers"][1]["metric"] == "cosine"
+    ag = rep["agreement"]
+    assert ag["fmr"] == 0.01 and len(ag["synthetic_images"]) == 1 and len(ag["pairs"]) == 1
+    row = ag["synthetic_images"][0]
+    lk = {m["name"]: [x for x in m["leakage"] if x["source"] == "calibrated"][0] for m in rep["matchers"]}
+    assert row["flagged_a"] == lk["dlib_resnet_v1"]["synthetic_matched"]
+    assert row["flagged_b"] == lk["mobilefacenet"]["synthetic_matched"]
+    assert row["both"] <= min(row["flagged_a"], row["flagged_b"])
+    # dlib finds the 10 exact copies
+    assert lk["dlib_resnet_v1"]["synthetic_matched"] >= 10
+    assert len(rep["gallery"]) == 6 and (tmp_path / "out" / "plots" / "mobilefacenet_scores.png").exists()
