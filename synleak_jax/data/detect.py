@@ -6,7 +6,7 @@ step by step (the reference behaviour of the released weights):
 
 1. Pyramid: scales ``m * factor**k`` with ``m = 12 / min_face_size`` while ``min(H, W) * scale >= 12``;
    each level is the image resized to ``(int(H*s + 1), int(W*s + 1))`` with area interpolation (PyTorch
-   ``interpolate(mode="area")`` = adaptive average pooling; here from one float64 integral image).
+   ``interpolate(mode="area")`` = adaptive average pooling; here from one exact integer integral image).
 2. P-Net on every level (shapes bucketed to multiples of 32, the true size passed in so padding changes
    nothing); cells with face probability >= t0 give boxes ``floor((2*cell + 1) / s)``,
    ``floor((2*cell + 12) / s)``; NMS (IoU 0.5) per level, NMS (IoU 0.7) over all levels; box regression
