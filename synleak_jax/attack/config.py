@@ -46,7 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.embed.flip = True  # flip TTA (sum + L2 for cosine matchers, mean for euclidean ones)
 
     c.calibration = ml_collections.ConfigDict()
-    c.calibration.source = "members"  # members | nonmembers | real_all (members + non-members)
+    c.calibration.source = "members"  # members | nonmembers | real_all (members + non-members) | verification_bin
+    c.calibration.path = ""  # verification_bin: an insightface bin (lfw.bin: 6,000 pairs)
+    c.calibration.align = "none"  # verification_bin images: none (aligned 112x112, as insightface ships) | mtcnn
     c.calibration.max_images = 0  # 0 = all; else a seeded random subset (all pairs of it)
     c.calibration.seed = 0
     c.calibration.shared_label_space = False  # real_all: members and non-members labels name the same people

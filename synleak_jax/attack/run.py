@@ -47,6 +47,7 @@ class DataSet:
     labelled: bool
     description: str
     align: str = "none"
+    issame: object = None  # verification pairs (calibration.source=verification_bin)
 
 
 # ----------------------------------------------------------------------------------------------------- data
@@ -243,15 +244,19 @@ def analyse_matcher(cfg, name: str, metric: str, stores: dict, datasets: dict, s
         else:
             cal_lab = None
         cal_desc = "all image pairs of the real images (" + " + ".join(datasets[r].name for r in parts) + ")"
+    elif ccfg.source == "verification_bin":
+        cal_x, cal_lab = None, None
+        cal_desc = f"the pairs of the verification bin {os.path.basename(ccfg.path)}"
     else:
-        raise AuditError(f"--config.calibration.source={ccfg.source!r}: use members, nonmembers or real_all")
-    if ccfg.max_images and cal_x.shape[0] > ccfg.max_images:
+        raise AuditError(f"--config.calibration.source={ccfg.source!r}: use members, nonmembers, real_all or "
+                         "verification_bin")
+    if cal_x is not None and ccfg.max_images and cal_x.shape[0] > ccfg.max_images:
         sel = np.sort(np.random.default_rng(ccfg.seed).choice(cal_x.shape[0], ccfg.max_images, replace=False))
         cal_x = cal_x[sel]
         cal_lab = None if cal_lab is None else cal_lab[sel]
         cal_desc += f", a seeded random subset of {ccfg.max_images:,} images"
     note = ccfg.note
-    if cal_lab is None:
+    if cal_lab is None and cal_x is not None:
         cal_desc += "; no identity labels: every image counted as its own identity"
         note = (note + " " if note else "") + (
             "Without identity labels every pair counts as an impostor pair; pairs of the same person then inflate "
@@ -259,11 +264,21 @@ def analyse_matcher(cfg, name: str, metric: str, stores: dict, datasets: dict, s
     fixed = {}
     if acfg.published_threshold and spec.threshold is not None:
         fixed[f"{name} published {spec.threshold:g}"] = float(spec.threshold)
-    key = _key("cal", fps, wfp, fmrs, ccfg.to_dict(), acfg.nbins, sorted(fixed.items()), cal_x.shape)
+    key = _key("cal", fps, wfp, fmrs, ccfg.to_dict(), acfg.nbins, sorted(fixed.items()),
+               None if cal_x is None else cal_x.shape)
     hit = cache.load("calibration", key)
     t0 = time.time()
     if hit:
         cal = _cal_from_cache(*hit)
+    elif cal_x is None:  # verification pairs: records 2i and 2i+1 form pair i
+        imp, gen = _verification_scores(stores["calibration"], datasets["calibration"].issame, metric)
+        try:
+            cal = C.calibrate_scores(imp, gen, fmrs, metric=metric, fixed_thresholds=fixed, note=note,
+                                     method=f"{imp.size:,} impostor and {gen.size:,} genuine pairs of a verification "
+                                            "bin (exact order statistic)")
+        except ValueError as e:
+            raise AuditError(f"{e} (calibration set: {cal_desc})") from None
+        cache.save("calibration", key, *_cal_to_cache(cal))
     else:
         try:
             C.check_fmrs(fmrs, _n_impostor_upper_bound(cal_lab, cal_x.shape[0]))
@@ -364,6 +379,25 @@ def analyse_matcher(cfg, name: str, metric: str, stores: dict, datasets: dict, s
             "membership": membership,
             "mem_results": mem_results, "rel": rel, "rg": rg, "timings": timings,
             "syn_labels": syn_labels, "mem_labels": mem_labels}
+
+
+def _verification_scores(store, issame: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 scores of the verification pairs whose two images were both embedded (rejects drop the pair)."""
+    rows = {int(r): i for i, r in enumerate(store.record_ids)}
+    emb = np.asarray(store.embeddings[:], np.float64)
+    ia, ib, same = [], [], []
+    for p in range(len(issame)):
+        a, b = rows.get(2 * p), rows.get(2 * p + 1)
+        if a is not None and b is not None:
+            ia.append(a)
+            ib.append(b)
+            same.append(bool(issame[p]))
+    if not ia:
+        raise AuditError("no verification pair has both images embedded (see the calibration store's rejects)")
+    ea, eb = emb[ia], emb[ib]
+    sc = (ea * eb).sum(1) if metric == "cosine" else -np.linalg.norm(ea - eb, axis=1)
+    same = np.asarray(same)
+    return sc[~same], sc[same]
 
 
 def _n_impostor_upper_bound(labels, n: int) -> int:
@@ -467,6 +501,20 @@ def run_audit(cfg, *, emit_filtered_list: bool | None = None) -> dict:
             raise AuditError(f"--config.weights.{name}={w!r} does not exist")
     datasets = {r: open_dataset(r, cfg.data[r]) for r in ROLES}
     datasets = {r: d for r, d in datasets.items() if d is not None}
+    if cfg.calibration.source == "verification_bin":
+        from synleak_jax.data import verification
+
+        if not cfg.calibration.path or not os.path.isfile(cfg.calibration.path):
+            raise AuditError(f"--config.calibration.path={cfg.calibration.path!r}: give an existing verification bin "
+                             "(e.g. lfw.bin) for --config.calibration.source=verification_bin")
+        try:
+            vp = verification.load_bin(cfg.calibration.path)
+        except Exception as e:
+            raise AuditError(f"--config.calibration.path: {e}") from e
+        ds = DataSet("calibration", vp.name, vp.images, False, f"verification pairs of {vp.name}",
+                     cfg.calibration.align)
+        ds.issame = vp.issame
+        datasets["calibration"] = ds
     fmrs = [float(f) for f in cfg.attack.fmrs]
     if not fmrs:
         raise AuditError("--config.attack.fmrs is empty")

@@ -261,3 +261,64 @@ def test_two_matchers_agreement(tmp_path):
     # dlib finds the 10 exact copies
     assert lk["dlib_resnet_v1"]["synthetic_matched"] >= 10
     assert len(rep["gallery"]) == 6 and (tmp_path / "out" / "plots" / "mobilefacenet_scores.png").exists()
+
+
+def test_calibration_from_verification_bin(tmp_path):
+    """calibration.source=verification_bin: thresholds from the bin's pairs equal numpy's exact quantile of the
+    impostor pair scores computed from the stored embeddings."""
+    import io
+
+    import skimage.data
+
+    from synleak_jax.attack.config import base_config
+    from synleak_jax.attack.run import run_audit
+    from synleak_jax.data.verification import write_bin
+    from synleak_jax.embed.store import EmbeddingStore
+
+    lfw = np.round(np.asarray(skimage.data.lfw_subset()) * 255).astype(np.uint8)[:100]
+
+    def png(a):
+        b = io.BytesIO()
+        Image.fromarray(a, mode="L").convert("RGB").save(b, format="PNG")
+        return b.getvalue()
+
+    rng = np.random.default_rng(1)
+    images, issame = [], []
+    for p in range(240):
+        if p < 40:  # genuine: an image and its mirror
+            i = p
+            images += [png(lfw[i]), png(lfw[i][:, ::-1].copy())]
+            issame.append(True)
+        else:
+            i, j = rng.choice(100, 2, replace=False)
+            images += [png(lfw[i]), png(lfw[j])]
+            issame.append(False)
+    write_bin(str(tmp_path / "pairs.bin"), images, issame)
+    for i in range(30):
+        _write_png(str(tmp_path / "real" / f"{i:03d}.png"), lfw[i])
+        _write_png(str(tmp_path / "syn" / f"{i:03d}.png"), lfw[99 - i])
+    cfg = base_config()
+    cfg.output_dir = str(tmp_path / "out")
+    cfg.matchers = "dlib_resnet_v1"
+    for role, path in (("synthetic", "syn"), ("members", "real")):
+        cfg.data[role].kind = "flat_folder"
+        cfg.data[role].labelled = False
+        cfg.data[role].path = str(tmp_path / path)
+    cfg.calibration.source = "verification_bin"
+    cfg.calibration.path = str(tmp_path / "pairs.bin")
+    cfg.attack.fmrs = (1e-2,)
+    cfg.embed.flip = False
+    cfg.report.gallery_n = 2
+    rep = run_audit(cfg)
+    cal = rep["matchers"][0]["calibration"]
+    assert cal["n_impostor_pairs"] == 200 and cal["n_genuine_pairs"] == 40
+    st = EmbeddingStore.open(rep["matchers"][0]["stores"]["calibration"]["path"])
+    e = np.asarray(st.embeddings[:], np.float64)
+    d = np.linalg.norm(e[0::2] - e[1::2], axis=1)
+    imp = -d[~np.asarray(issame)]
+    tau = np.quantile(imp, 1 - 1e-2, method="inverted_cdf")
+    assert cal["thresholds"][0]["tau_native"] == pytest.approx(-tau, abs=1e-12)
+    assert cal["thresholds"][0]["fnmr"] == pytest.approx((-d[np.asarray(issame)] <= tau).mean())
+    with pytest.raises(Exception, match="FMR 0.0001 cannot be calibrated.*10,000 impostor pairs.*only 200"):
+        cfg.attack.fmrs = (1e-4,)
+        run_audit(cfg)
