@@ -17,9 +17,11 @@ from ml_collections import config_flags
 
 
 def _default_config() -> str:
-    # The repository's configs/demo.py when run from a checkout; the packaged copy of the demo config otherwise.
-    here = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "demo.py")
-    return os.path.normpath(here)
+    # The repository's configs/demo.py when run from a checkout; the packaged demo config otherwise.
+    here = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "demo.py"))
+    if os.path.exists(here):
+        return here
+    return os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "demo", "config.py"))
 
 
 _CONFIG = config_flags.DEFINE_config_file("config", _default_config(), "Audit config (configs/<preset>.py).")

@@ -322,3 +322,33 @@ def test_calibration_from_verification_bin(tmp_path):
     with pytest.raises(Exception, match="FMR 0.0001 cannot be calibrated.*10,000 impostor pairs.*only 200"):
         cfg.attack.fmrs = (1e-4,)
         run_audit(cfg)
+
+
+PRESETS = ["demo", "dcface_vs_casia", "idiff_uniform_vs_ffhq", "idiff_twostage_vs_ffhq", "gandiffface_vs_ffhq",
+           "sface_vs_casia", "idnet_vs_casia", "tinsley_style"]
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_load_and_are_consistent(name):
+    import importlib.util
+
+    from synleak_jax.attack.run import DATA_KINDS
+    from synleak_jax.models import registry
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
+    spec = importlib.util.spec_from_file_location(f"preset_{name}", os.path.join(root, f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    doc = open(os.path.join(root, f"{name}.py")).read()
+    for m in c.matchers.split(","):
+        assert m in registry.available()
+        if m != "dlib_resnet_v1":
+            assert f"--config.weights.{m}=" in doc  # says where the weights go
+    for role in ("synthetic", "members", "nonmembers"):
+        assert c.data[role].kind in DATA_KINDS and c.data[role].align in ("none", "mtcnn")
+    assert c.attack.identity_relation in ("auto", "on", "off")
+    assert c.calibration.source in ("members", "nonmembers", "real_all", "verification_bin")
+    assert all(0 < f < 1 for f in c.attack.fmrs) and c.output_dir.startswith("synleak_out/")
+    if name != "demo":
+        assert "--config.data.synthetic.path" in doc and "--config.data.members.path" in doc
