@@ -38,6 +38,8 @@ flags.DEFINE_integer("threads", 0, "PyTorch intra-op threads (0: os.cpu_count(),
 flags.DEFINE_bool("torch", True, "Also time the PyTorch reference on CPU.")
 flags.DEFINE_integer("gpu_batch", 512, "Batch size in GPU mode (bf16).")
 flags.DEFINE_integer("gpu_iters", 20, "Timed repeats in GPU mode.")
+flags.DEFINE_string("xla_flags", "", "Extra XLA_FLAGS for this run (e.g. '--xla_cpu_use_onednn=true'); set "
+                    "before JAX initialises.")
 
 GFLOP_PER_IMAGE = {"iresnet50": 12.6, "iresnet100": 24.2}
 
@@ -129,12 +131,11 @@ def measure_bf16_matmul_peak(n: int = 8192, iters: int = 10) -> float:
 
 
 def bench_gpu(name: str, peak_tflops: float) -> dict:
-    import jax.numpy as jnp  # noqa: F401
+    import jax
+    import jax.numpy as jnp
     import numpy as np
 
     from synleak_jax.models import get_model
-    from synleak_jax.weights.mapping import variable_shapes  # noqa: F401
-    import jax
 
     model = get_model(name, dtype=jnp.bfloat16)
     variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 112, 112, 3), jnp.float32))
@@ -153,6 +154,8 @@ def bench_gpu(name: str, peak_tflops: float) -> dict:
 
 def main(argv):
     del argv
+    if FLAGS.xla_flags:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FLAGS.xla_flags).strip()
     import jax
 
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}, "
