@@ -1,86 +1,82 @@
-"""bf16 screening with a certified float32 result (the tile kernel behind precision="bf16_certified").
+"""bf16 screening with a certified float32 result (precision="bf16_certified").
 
-Per tile (query block x database block):
-1. screen: s_b = bf16(q) . bf16(d) with float32 accumulation  [bq, bdb];
-2. keep the k' best columns per row (k' = k + margin) and note the best discarded screened score m_b;
-3. rescore the k' candidates in float32 (gather + float32 dot) and merge them into the running top-k;
-4. certify per row: every discarded column's float32 score is below the new running k-th score, using
+1. Screening pass (the blockwise kernel with bf16 x bf16 -> float32 matmuls): per query the k' + 1 best
+   screened scores s_b, k' = k + margin. Every row outside the first k' has s_b <= m_b := the (k'+1)-th value.
+2. Rescoring: the k' candidates are rescored in float32 (gather + float32 sgemm) and the best k taken by
+   (score desc, index asc).
+3. Certificate, per query: accepted when m_b + bound < (k-th rescored score), strictly, where
 
-       |q.d - s_b| <= ||q||_2 ||d||_2 ((2u + u^2) + gamma_D (1+u)^2)          (bf16 rounding + f32 summation)
-       |fl32(q.d) - q.d| <= gamma_D ||q||_2 ||d||_2                             (any float32 summation order)
+       bound = c(D) ||q||_2 max_j ||d_j||_2,
+       c(D)  = 1.01 ((2u + u^2) + 2 gamma_D (1+u)^2),  u = 2^-8 (bf16), gamma_D = D u32 / (1 - D u32), u32 = 2^-24.
 
-   with u = 2^-8 (bf16 unit roundoff: 8 significant bits), gamma_D = D u32 / (1 - D u32), u32 = 2^-24.
-   Derivation: bf16(x) = x(1+e), |e| <= u, so |q~_i d~_i - q_i d_i| <= (2u+u^2)|q_i d_i|; products of bf16
-   values are exact in float32; summing D terms in float32 errs by at most gamma_D sum|q~_i d~_i|
-   <= gamma_D (1+u)^2 sum|q_i d_i|; and sum|q_i d_i| <= ||q|| ||d|| (Cauchy-Schwarz). ||d|| is replaced by the
-   block's largest row norm, the total is inflated by 1% (covers the float32 error of the norms themselves,
-   ~D u32 relative) plus a tiny absolute term (bf16 flushing of subnormals).
-   The tile is accepted when, for every row, m_b + bound < new k-th score (strict). Otherwise the whole tile is
-   recomputed with a float32 matmul and the fallback counter is incremented.
+   Derivation: bf16(x) = x(1+e) with |e| <= u, so |q~_i d~_i - q_i d_i| <= (2u+u^2)|q_i d_i|; products of bf16
+   values are exact in float32; summing D terms in float32 (any order) errs by at most gamma_D sum|q~_i d~_i|
+   <= gamma_D (1+u)^2 sum|q_i d_i|; sum|q_i d_i| <= ||q|| ||d|| (Cauchy-Schwarz). So a discarded row's exact
+   score is <= m_b + (2u+u^2+gamma_D(1+u)^2)||q|| ||d||, and any float32 evaluation of it is at most
+   gamma_D ||q|| ||d|| above that: it cannot beat the k-th rescored score. The 1% covers the float32 error
+   of the norms themselves (~D u32 relative).
+4. Queries that fail the certificate are recomputed with the float32 kernel (counted as fallbacks).
 
-Result: the same top-k as the float32 path (up to scores that tie within float32 rounding, where no float32
-computation order is privileged).
+Result: the float32 top-k (up to scores that tie within float32 rounding, where no float32 evaluation
+order is privileged) — on any data, including adversarial near-ties, which only cost fallbacks.
 """
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-from jax import lax
+import numpy as np
 
 U_BF16 = 2.0 ** -8
 U_F32 = 2.0 ** -24
-_NEG_INF = float("-inf")
 
 
 def relative_bound(dim: int) -> float:
-    """Coefficient c with |score_bf16 - score_f32| <= c ||q|| ||d|| for D = dim (see module docstring)."""
+    """c(D) with |float32-evaluated score - bf16 screened score| <= c(D) ||q|| ||d|| (module docstring)."""
     g = dim * U_F32 / (1.0 - dim * U_F32)
     return 1.01 * ((2 * U_BF16 + U_BF16 ** 2) + 2.0 * g * (1 + U_BF16) ** 2)
 
 
-def prepare_db(dbb):
-    """dbb [nb, bdb, D] float32 -> {"d16": bf16 copy, "dmax": [nb] largest row norm per block}."""
-    return {"d16": dbb.astype(jnp.bfloat16), "dmax": jnp.sqrt(jnp.max(jnp.sum(dbb * dbb, axis=2), axis=1))}
+def rescore(qb: np.ndarray, cand: np.ndarray, db, k: int):
+    """Float32 rescoring of candidates. qb [b, D] f32, cand [b, k'] database rows; db: Source.
+
+    Returns (scores [b, k] f32 desc, indices [b, k] int32; ties -> lower index)."""
+    uniq, inv = np.unique(cand, return_inverse=True)
+    rows = db.take(uniq)  # [u, D] float32, each candidate row read once per block
+    s_all = qb @ rows.T  # float32 sgemm [b, u]
+    inv = inv.reshape(cand.shape)
+    sc = np.take_along_axis(s_all, inv, axis=1)
+    gi = uniq[inv]
+    order = np.argsort(gi, axis=1, kind="stable")  # index order first ...
+    sc, gi = np.take_along_axis(sc, order, 1), np.take_along_axis(gi, order, 1)
+    order = np.argsort(-sc, axis=1, kind="stable")[:, :k]  # ... so equal scores keep the lower index
+    return np.take_along_axis(sc, order, 1).astype(np.float32), np.take_along_axis(gi, order, 1).astype(np.int32)
 
 
-def prepare_queries(qblk):
-    """qblk [bq, D] -> (bf16 copy, row norms [bq])."""
-    return qblk.astype(jnp.bfloat16), jnp.sqrt(jnp.sum(qblk * qblk, axis=1))
+def certified_topk(q, db, k: int, margin: int, screen, exact_rows, stats, rescore_block: int = 512):
+    """Certified top-k. q, db: exact.Source; screen(kk) -> (scores [nq,kk], idx [nq,kk], max row norm of db)
+    from the bf16 pass; exact_rows(rows) -> float32 (scores, idx) for those query rows; stats: SearchStats."""
+    from synleak_jax.search.exact import check_k
 
-
-def certified_tile(qblk, qaux, dblk, daux, cols, valid, rs, ri, *, k, kprime, selection, tile):
-    """One certified tile. qblk [bq, D] f32, dblk [bdb, D] f32, cols [bdb] global indices, valid [bdb] bool,
-    rs/ri running [bq, k]. Returns (rs, ri, fallback 0/1 int32, None)."""
-    from synleak_jax.search.exact import _dot_f32, block_select, merge_topk
-
-    q16, qnorm = qaux
-    bdb, dim = dblk.shape
-    s_b = lax.dot_general(q16, daux["d16"], (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-    s_b = jnp.where(valid[None, :], s_b, _NEG_INF)
-    discard_any = kprime < bdb
-    nsel = kprime + 1 if discard_any else kprime
-    cs, cpos = block_select(s_b, nsel, selection, tile)
-    if discard_any:
-        m_b = cs[:, kprime]  # best discarded screened score per row
-        cpos = cpos[:, :kprime]
-    else:
-        m_b = jnp.full(cs.shape[:1], _NEG_INF, jnp.float32)
-    cpos = jnp.sort(cpos, axis=1)  # column order, so the stable top_k below breaks ties by lower index
-    cand = jnp.take(dblk, cpos, axis=0)  # [bq, k', D]
-    s_f = jnp.einsum("qd,qkd->qk", qblk, cand, precision=lax.Precision.HIGHEST,
-                     preferred_element_type=jnp.float32)
-    s_f = jnp.where(jnp.take(valid, cpos), s_f, _NEG_INF)
-    kk = min(k, s_f.shape[1])
-    bs, bp = lax.top_k(s_f, kk)
-    new_s, new_i = merge_topk(rs, ri, bs, jnp.take_along_axis(cols[cpos], bp, axis=1), k)
-    bound = relative_bound(dim) * qnorm * daux["dmax"] + 1e-30
-    ok = jnp.all(m_b + bound < new_s[:, k - 1])
-
-    def fallback(_):
-        s = jnp.where(valid[None, :], _dot_f32(qblk, dblk), _NEG_INF)
-        fs, fp = block_select(s, k, selection, tile)
-        return merge_topk(rs, ri, fs, cols[fp], k)
-
-    out_s, out_i = lax.cond(ok, lambda _: (new_s, new_i), fallback, None)
-    return out_s, out_i, 1 - ok.astype(jnp.int32), None
+    k = check_k(k, db.n)
+    if isinstance(margin, bool) or not isinstance(margin, (int, np.integer)) or margin < 0:
+        raise ValueError(f"margin must be a non-negative integer, got {margin!r}")
+    kp = min(k + int(margin), db.n)
+    discard = kp < db.n
+    ss, si, dmax = screen(kp + 1 if discard else kp)
+    m_b = ss[:, kp].astype(np.float64) if discard else np.full(q.n, -np.inf)
+    c = relative_bound(q.d)
+    out_s = np.empty((q.n, k), np.float32)
+    out_i = np.empty((q.n, k), np.int32)
+    ok = np.empty(q.n, bool)
+    for a in range(0, q.n, rescore_block):
+        b = min(q.n, a + rescore_block)
+        qb = np.asarray(q.read(a, b), np.float32)
+        out_s[a:b], out_i[a:b] = rescore(qb, si[a:b, :kp], db, k)
+        bound = c * np.linalg.norm(qb.astype(np.float64), axis=1) * dmax
+        ok[a:b] = m_b[a:b] + bound < out_s[a:b, k - 1].astype(np.float64)
+    bad = np.nonzero(~ok)[0]
+    if len(bad):
+        fs, fi = exact_rows(bad)
+        out_s[bad], out_i[bad] = fs, fi
+    stats.queries += q.n
+    stats.fallback_queries += len(bad)
+    return out_s, out_i

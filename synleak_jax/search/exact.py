@@ -16,10 +16,9 @@ the rule holds across blocks. Padding rows score -inf and can never be returned 
 
 Two precisions:
 * "float32": float32 matmuls with `Precision.HIGHEST` (no TF32 / bf16 passes on GPU).
-* "bf16_certified": the tile is screened with a bf16 x bf16 -> float32 matmul, the best k' > k candidates of
-  each row are rescored in float32, and the block is accepted only when a rigorous error bound proves that no
-  discarded entry can enter the top-k; otherwise the block is recomputed in float32 (counted in the stats).
-  See `certified.py` for the bound.
+* "bf16_certified": a screening pass with bf16 x bf16 -> float32 matmuls keeps k + margin candidates per query,
+  they are rescored in float32, and a rigorous error bound certifies per query that no discarded row can be in
+  the float32 top-k; uncertified queries are recomputed in float32 (counted in SearchStats). See certified.py.
 """
 
 from __future__ import annotations
@@ -47,18 +46,18 @@ _NEG_INF = float("-inf")
 class SearchStats:
     """Counters of one search call.
 
-    tiles: (query block, database block) pairs scanned.
-    fallback_tiles: tiles the bf16-certified path could not certify and recomputed in float32.
+    queries: queries searched.
+    fallback_queries: queries the bf16-certified mode could not certify and recomputed in float32.
     seconds: wall time of the call.
     """
 
-    tiles: int = 0
-    fallback_tiles: int = 0
+    queries: int = 0
+    fallback_queries: int = 0
     seconds: float = 0.0
 
     @property
     def fallback_rate(self) -> float:
-        return self.fallback_tiles / self.tiles if self.tiles else 0.0
+        return self.fallback_queries / self.queries if self.queries else 0.0
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -125,6 +124,25 @@ class Source:
             out[: b - a] = blk
             blk = out
         return blk
+
+
+    def take(self, idx) -> np.ndarray:
+        """Rows at the given indices (int [m], any order) as float32 numpy [m, D]; checks finiteness."""
+        idx = np.asarray(idx, np.int64)
+        if self.is_jax:
+            out = np.asarray(jnp.take(self.x, jnp.asarray(idx), axis=0), np.float32)
+        else:
+            try:  # numpy, memmap, embedding-store ChunkedArray: fancy indexing reads only those rows
+                out = np.asarray(self.x[idx], np.float32)
+            except (TypeError, IndexError, ValueError, KeyError):
+                out = np.stack([np.asarray(self.x[j:j + 1], np.float32)[0] for j in idx]) if len(idx) else \
+                    np.zeros((0, self.d), np.float32)
+        if out.shape != (len(idx), self.d):
+            raise ValueError(f"{self.name}[rows] returned shape {out.shape}, expected {(len(idx), self.d)}")
+        if not np.isfinite(out).all():
+            bad = int(idx[np.argmax(~np.isfinite(out).all(axis=1))])
+            raise ValueError(f"{self.name} row {bad} contains NaN or inf")
+        return out
 
 
 def check_common(q: Source, db: Source) -> None:
@@ -222,59 +240,51 @@ def _dot_bf16(a16, b16):
 
 
 def chunk_step_impl(q, db, offset, ndb, tau, run_s, run_i, run_c, *, k, bq, bdb, precision, selection, tile,
-                    kprime, count):
+                    count):
     """Scan database chunk `db` [nb*bdb, D] for queries `q` [nqb*bq, D], updating the running top-k.
 
     offset: global row of db[0] (int32); ndb: total valid database rows (rows >= ndb are padding);
     tau: range threshold (only used with count=True); run_s/run_i: [nqb*bq, k] running scores / indices;
     run_c: [nqb*bq] int32 running count of scores >= tau.
-    Returns (run_s, run_i, run_c, fallback_tiles int32).
+    precision: "float32" (float32 matmul, HIGHEST) or "bf16_screen" (bf16 x bf16 -> float32 accumulation; the
+      screening pass of the certified search, see certified.py).
+    Returns (run_s, run_i, run_c, max squared row norm of the chunk (float32 scalar, for the certificate)).
     """
     nq_pad, d = q.shape
     nqb, nb = nq_pad // bq, db.shape[0] // bdb
     qb = q.reshape(nqb, bq, d)
-    dbb = db.reshape(nb, bdb, d)
-    if precision == "bf16_certified":
-        from synleak_jax.search import certified
-
-        aux = certified.prepare_db(dbb)
+    if precision == "bf16_screen":
+        qb = qb.astype(jnp.bfloat16)
+        dbb = db.astype(jnp.bfloat16).reshape(nb, bdb, d)
+        dot = _dot_bf16
     else:
-        aux = None
+        dbb = db.reshape(nb, bdb, d)
+        dot = _dot_f32
+    dmax2 = jnp.max(jnp.sum(jnp.square(db.astype(jnp.float32)), axis=1))
 
     def per_qblock(args):
         qblk, rs, ri, rc = args
-        qaux = certified.prepare_queries(qblk) if precision == "bf16_certified" else None
 
-        def body(carry, xs):
-            rs, ri, rc, nfb = carry
-            j = xs[0]
-            dblk = dbb[j]
+        def body(carry, j):
+            rs, ri, rc = carry
             base = offset + j * bdb
             cols = base + jnp.arange(bdb, dtype=jnp.int32)
-            valid = cols < ndb
-            if precision == "bf16_certified":
-                rs, ri, fb, s_for_count = certified.certified_tile(
-                    qblk, qaux, dblk, jax.tree.map(lambda a: a[j], aux), cols, valid, rs, ri,
-                    k=k, kprime=kprime, selection=selection, tile=tile)
-                nfb = nfb + fb  # (range search, which needs every score for its counts, is float32 only)
-            else:
-                s = _dot_f32(qblk, dblk)
-                s = jnp.where(valid[None, :], s, _NEG_INF)
-                if count:
-                    rc = rc + jnp.sum(s >= tau, axis=1, dtype=jnp.int32)
-                bs, bp = block_select(s, k, selection, tile)
-                rs, ri = merge_topk(rs, ri, bs, base + bp, k)
-            return (rs, ri, rc, nfb), None
+            s = jnp.where((cols < ndb)[None, :], dot(qblk, dbb[j]), _NEG_INF)
+            if count:
+                rc = rc + jnp.sum(s >= tau, axis=1, dtype=jnp.int32)
+            bs, bp = block_select(s, k, selection, tile)
+            rs, ri = merge_topk(rs, ri, bs, base + bp, k)
+            return (rs, ri, rc), None
 
-        (rs, ri, rc, nfb), _ = lax.scan(body, (rs, ri, rc, jnp.int32(0)), (jnp.arange(nb),))
-        return rs, ri, rc, nfb
+        (rs, ri, rc), _ = lax.scan(body, (rs, ri, rc), jnp.arange(nb))
+        return rs, ri, rc
 
-    rs, ri, rc, nfb = lax.map(
+    rs, ri, rc = lax.map(
         per_qblock, (qb, run_s.reshape(nqb, bq, k), run_i.reshape(nqb, bq, k), run_c.reshape(nqb, bq)))
-    return rs.reshape(nq_pad, k), ri.reshape(nq_pad, k), rc.reshape(nq_pad), nfb.sum()
+    return rs.reshape(nq_pad, k), ri.reshape(nq_pad, k), rc.reshape(nq_pad), dmax2
 
 
-STEP_STATIC = ("k", "bq", "bdb", "precision", "selection", "tile", "kprime", "count")
+STEP_STATIC = ("k", "bq", "bdb", "precision", "selection", "tile", "count")
 chunk_step = jax.jit(chunk_step_impl, static_argnames=STEP_STATIC, donate_argnames=("run_s", "run_i", "run_c"))
 
 
@@ -293,35 +303,35 @@ def _chunk_plan(n: int, block: int, chunk_rows: int):
 
 
 def search_engine(queries, database, k: int, *, query_block: int, db_block: int, precision: str,
-                  selection: str, tile: int, margin: int, db_chunk_rows: int | None, query_chunk_rows: int | None,
-                  tau: float | None, stats: SearchStats | None, log_every_s: float = 10.0):
-    """Shared driver of exact_topk and range_search. Returns numpy (scores [nq,k], idx [nq,k], counts [nq])."""
+                  selection: str, tile: int, db_chunk_rows: int | None, query_chunk_rows: int | None,
+                  tau: float | None, log_every_s: float = 10.0):
+    """Shared blockwise driver (one pass over the database per query super-block).
+
+    precision: "float32" or "bf16_screen". Returns numpy (scores [nq,k], idx [nq,k], counts [nq] int64,
+    dmax = largest database row norm (float)).
+    """
     t0 = time.perf_counter()
-    q = Source(queries, "queries")
-    db = Source(database, "database")
+    q = queries if isinstance(queries, Source) else Source(queries, "queries")
+    db = database if isinstance(database, Source) else Source(database, "database")
     check_common(q, db)
     k = check_k(k, db.n)
     bq = check_block(query_block, "query_block")
     bdb = check_block(db_block, "db_block")
     tile = check_block(tile, "tile")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     count = tau is not None
-    if count and precision != "float32":
-        raise ValueError("range search runs in float32 only (precision='float32')")
-    # Never pad a small database up to a large block: shrink the block to the data.
+    # Never pad a small input up to a large block: shrink the block to the data.
     bdb = min(bdb, _round_up(db.n, 8))
     bq = min(bq, _round_up(q.n, 8))
-    kprime = min(k + max(int(margin), 0), bdb)
     d = q.d
-    # Chunks: ~256 MiB of float32 rows by default (a multiple of the block size).
+    # Chunks: ~64 MiB of float32 rows by default (a multiple of the block size); a database that fits in one
+    # chunk is transferred once and reused for every query super-block.
     if db_chunk_rows is None:
-        db_chunk_rows = max(1, (256 << 20) // (bdb * d * 4)) * bdb
+        db_chunk_rows = max(1, (64 << 20) // (bdb * d * 4)) * bdb
     db_chunk_rows = _round_up(check_block(db_chunk_rows, "db_chunk_rows"), bdb)
     if query_chunk_rows is None:
-        query_chunk_rows = max(1, (128 << 20) // (bq * d * 4)) * bq
+        query_chunk_rows = max(1, (64 << 20) // (bq * d * 4)) * bq
     query_chunk_rows = _round_up(check_block(query_chunk_rows, "query_chunk_rows"), bq)
     db_plan = _chunk_plan(db.n, bdb, db_chunk_rows)
     q_plan = _chunk_plan(q.n, bq, query_chunk_rows)
@@ -332,15 +342,14 @@ def search_engine(queries, database, k: int, *, query_block: int, db_block: int,
     tau_arr = jnp.float32(tau if count else 0.0)
     ndb_arr = jnp.int32(db.n)
     step = functools.partial(chunk_step, k=k, bq=bq, bdb=bdb, precision=precision, selection=selection,
-                             tile=tile, kprime=kprime, count=count)
+                             tile=tile, count=count)
 
     def load_db(ci):
         a, b, rows = db_plan[ci]
         return jax.device_put(db.read(a, b, pad_to=rows))
 
     cached_single = load_db(0) if len(db_plan) == 1 else None
-    fallback = jnp.int32(0)
-    tiles = 0
+    dmax2 = []
     last_log = time.perf_counter()
     done_q = 0
     for qa, qe, qrows in q_plan:
@@ -351,9 +360,9 @@ def search_engine(queries, database, k: int, *, query_block: int, db_block: int,
         nxt = cached_single if cached_single is not None else load_db(0)
         for ci, (a, _, rows) in enumerate(db_plan):
             cur = nxt
-            rs, ri, rc, fb = step(qdev, cur, jnp.int32(a), ndb_arr, tau_arr, rs, ri, rc)
-            fallback = fallback + fb
-            tiles += (qrows // bq) * (rows // bdb)
+            rs, ri, rc, m2 = step(qdev, cur, jnp.int32(a), ndb_arr, tau_arr, rs, ri, rc)
+            if qa == 0:
+                dmax2.append(m2)
             if ci + 1 < len(db_plan):
                 nxt = load_db(ci + 1)  # host read + transfer overlap the step dispatched above
             now = time.perf_counter()
@@ -371,15 +380,12 @@ def search_engine(queries, database, k: int, *, query_block: int, db_block: int,
         raise ValueError("scores overflowed float32 (inputs too large in magnitude); rescale the embeddings")
     if out_i.min() < 0 or out_i.max() >= db.n:  # cannot happen for finite scores; guard against silent bugs
         raise AssertionError("internal error: a padding row was selected")
-    if stats is not None:
-        stats.tiles += tiles
-        stats.fallback_tiles += int(fallback)
-        stats.seconds += time.perf_counter() - t0
-    return out_s, out_i, out_c
+    dmax = float(np.sqrt(max(float(x) for x in dmax2)))
+    return out_s, out_i, out_c, dmax
 
 
-def exact_topk(queries, database, k: int, *, query_block: int = 1024, db_block: int = 2048,
-               precision: str = "float32", selection: str = "tiled", tile: int = 64, margin: int = 16,
+def exact_topk(queries, database, k: int, *, query_block: int = 1024, db_block: int = 8192,
+               precision: str = "float32", selection: str = "tiled", tile: int = 32, margin: int = 32,
                db_chunk_rows: int | None = None, query_chunk_rows: int | None = None,
                return_stats: bool = False):
     """Exact inner-product top-k of each query against the database.
@@ -389,23 +395,44 @@ def exact_topk(queries, database, k: int, *, query_block: int = 1024, db_block: 
       database: [ndb, D] array or array-like.
       k: neighbours per query, 1 <= k <= ndb.
       query_block, db_block: tile shape (rows). Memory is O(query_block * db_block + nq * k).
-      precision: "float32" (float32 matmuls, HIGHEST) or "bf16_certified" (bf16 screening + float32 rescoring
-        with a certified error bound, float32 fallback per tile). Both return the float32 result.
-      selection: "tiled" (exact two-level selection, faster on CPU) or "top_k" (one lax.top_k per row).
+      precision: "float32" (float32 matmuls, HIGHEST) or "bf16_certified" (bf16 screening pass + float32
+        rescoring of k + margin candidates per query, certified by an error bound; uncertified queries are
+        recomputed in float32). Both return the float32 result.
+      selection: "tiled" (exact two-level selection, cheaper on CPU) or "top_k" (one lax.top_k per tile row).
       tile: columns per tile for selection="tiled".
-      margin: extra candidates per row for bf16_certified (k' = k + margin).
-      db_chunk_rows, query_chunk_rows: rows per host->device transfer (default ~256 / 128 MiB).
-      return_stats: also return a SearchStats.
+      margin: extra screening candidates per query for bf16_certified.
+      db_chunk_rows, query_chunk_rows: rows per host->device transfer (default ~64 MiB each).
+      return_stats: also return a SearchStats (fallback counts of the certified mode).
 
     Returns:
       scores [nq, k] float32, descending per row; indices [nq, k] int32 into the database, ties broken by the
       lower index. With return_stats, (scores, indices, stats).
     """
+    t0 = time.perf_counter()
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    kw = dict(query_block=query_block, db_block=db_block, selection=selection, tile=tile,
+              db_chunk_rows=db_chunk_rows, query_chunk_rows=query_chunk_rows)
     stats = SearchStats()
-    s, i, _ = search_engine(queries, database, k, query_block=query_block, db_block=db_block,
-                            precision=precision, selection=selection, tile=tile, margin=margin,
-                            db_chunk_rows=db_chunk_rows, query_chunk_rows=query_chunk_rows, tau=None,
-                            stats=stats)
+    if precision == "float32":
+        s, i, _, _ = search_engine(queries, database, k, precision="float32", tau=None, **kw)
+        stats.queries = s.shape[0]
+    else:
+        from synleak_jax.search.certified import certified_topk
+
+        q, db = Source(queries, "queries"), Source(database, "database")
+
+        def screen(kk):
+            s, i, _, dmax = search_engine(q, db, kk, precision="bf16_screen", tau=None, **kw)
+            return s, i, dmax
+
+        def exact_rows(rows):
+            s, i, _, _ = search_engine(Source(q.take(rows), "queries"), db, k, precision="float32", tau=None,
+                                       **kw)
+            return s, i
+
+        s, i = certified_topk(q, db, k, margin, screen, exact_rows, stats)
+    stats.seconds = time.perf_counter() - t0
     if return_stats:
         return s, i, stats
     return s, i

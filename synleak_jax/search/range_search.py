@@ -34,7 +34,7 @@ class RangeResult(tuple):
 
 
 def range_search(queries, database, tau: float, max_per_query: int, *, query_block: int = 1024,
-                 db_block: int = 2048, selection: str = "tiled", tile: int = 64,
+                 db_block: int = 8192, selection: str = "tiled", tile: int = 32,
                  db_chunk_rows: int | None = None, query_chunk_rows: int | None = None) -> RangeResult:
     """All pairs with inner-product score >= tau (float32 scores), at most max_per_query per query.
 
@@ -54,10 +54,9 @@ def range_search(queries, database, tau: float, max_per_query: int, *, query_blo
     m = check_block(max_per_query, "max_per_query")
     db_n = Source(database, "database").n
     k = min(m, db_n)
-    s, i, c = search_engine(queries, database, k, query_block=query_block, db_block=db_block,
-                            precision="float32", selection=selection, tile=tile, margin=0,
-                            db_chunk_rows=db_chunk_rows, query_chunk_rows=query_chunk_rows,
-                            tau=np.float32(tau_f), stats=None)
+    s, i, c, _ = search_engine(queries, database, k, query_block=query_block, db_block=db_block,
+                               precision="float32", selection=selection, tile=tile, db_chunk_rows=db_chunk_rows,
+                               query_chunk_rows=query_chunk_rows, tau=np.float32(tau_f))
     keep = s >= np.float32(tau_f)  # rows are sorted descending, so kept entries form a prefix
     qi, col = np.nonzero(keep)
     counts = c.astype(np.int64)

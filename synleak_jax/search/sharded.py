@@ -12,6 +12,7 @@ own devices' rows are read (`jax.make_array_from_callback`). Every process gets 
 from __future__ import annotations
 
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +25,7 @@ from synleak_jax.search.exact import (
     PRECISIONS,
     SELECTIONS,
     STEP_STATIC,
+    SearchStats,
     Source,
     _round_up,
     check_block,
@@ -57,7 +59,7 @@ def _compiled(mesh, db_axis, q_axis, rows_per_dev, static):
     def local(q, db, offset, ndb, tau, rs, ri, rc):
         dev_off = offset + jax.lax.axis_index(db_axis).astype(jnp.int32) * rows_per_dev
         out = chunk_step_impl(q, db, dev_off, ndb, tau, rs[0], ri[0], rc[0], **kw)
-        return out[0][None], out[1][None], out[2][None], jax.lax.psum(out[3], (db_axis,) + ((q_axis,) if q_axis else ()))
+        return out[0][None], out[1][None], out[2][None], jax.lax.pmax(out[3], (db_axis,) + ((q_axis,) if q_axis else ()))
 
     fn = jax.shard_map(
         local, mesh=mesh,
@@ -97,23 +99,46 @@ def _to_host(x):
 
 
 def sharded_exact_topk(queries, database, k: int, *, mesh: Mesh | None = None, db_axis: str = "db",
-                       query_axis: str | None = None, query_block: int = 1024, db_block: int = 2048,
-                       precision: str = "float32", selection: str = "tiled", tile: int = 64, margin: int = 16,
-                       db_chunk_rows: int | None = None):
+                       query_axis: str | None = None, query_block: int = 1024, db_block: int = 8192,
+                       precision: str = "float32", selection: str = "tiled", tile: int = 32, margin: int = 32,
+                       db_chunk_rows: int | None = None, return_stats: bool = False):
     """Exact top-k with the database sharded over `mesh[db_axis]` (and queries over `mesh[query_axis]`).
 
     Same arguments and results as `exact_topk`: (scores [nq, k] float32 desc, indices [nq, k] int32, ties ->
-    lower index). `db_chunk_rows` is per device (default ~256 MiB). Other mesh axes (if any) replicate.
+    lower index). `db_chunk_rows` is per device (default ~64 MiB). Other mesh axes (if any) replicate.
+    precision="bf16_certified" screens in bf16 on the mesh, rescores/certifies on the host (certified.py).
     """
-    q = Source(queries, "queries")
-    db = Source(database, "database")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    t0 = time.perf_counter()
+    kw = dict(mesh=mesh, db_axis=db_axis, query_axis=query_axis, query_block=query_block, db_block=db_block,
+              selection=selection, tile=tile, db_chunk_rows=db_chunk_rows)
+    stats = SearchStats()
+    if precision == "float32":
+        s, i, _ = _sharded_engine(queries, database, k, precision="float32", **kw)
+        stats.queries = s.shape[0]
+    else:
+        from synleak_jax.search.certified import certified_topk
+
+        q, db = Source(queries, "queries"), Source(database, "database")
+        s, i = certified_topk(
+            q, db, k, margin, lambda kk: _sharded_engine(q, db, kk, precision="bf16_screen", **kw),
+            lambda rows: _sharded_engine(Source(q.take(rows), "queries"), db, k, precision="float32", **kw)[:2],
+            stats)
+    stats.seconds = time.perf_counter() - t0
+    return (s, i, stats) if return_stats else (s, i)
+
+
+def _sharded_engine(queries, database, k, *, mesh, db_axis, query_axis, query_block, db_block, precision,
+                    selection, tile, db_chunk_rows):
+    """Returns numpy (scores [nq,k], idx [nq,k], largest database row norm)."""
+    q = queries if isinstance(queries, Source) else Source(queries, "queries")
+    db = database if isinstance(database, Source) else Source(database, "database")
     check_common(q, db)
     k = check_k(k, db.n)
     bq = check_block(query_block, "query_block")
     bdb = check_block(db_block, "db_block")
     tile = check_block(tile, "tile")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     if mesh is None:
@@ -127,7 +152,7 @@ def sharded_exact_topk(queries, database, k: int, *, mesh: Mesh | None = None, d
     per_dev_rows = -(-db.n // n_db)
     bdb = min(bdb, _round_up(per_dev_rows, 8))
     if db_chunk_rows is None:
-        db_chunk_rows = max(1, (256 << 20) // (bdb * d * 4)) * bdb
+        db_chunk_rows = max(1, (64 << 20) // (bdb * d * 4)) * bdb
     rows_per_dev = min(_round_up(check_block(db_chunk_rows, "db_chunk_rows"), bdb), _round_up(per_dev_rows, bdb))
     chunk_rows = rows_per_dev * n_db
     n_chunks = -(-db.n // chunk_rows)
@@ -135,7 +160,6 @@ def sharded_exact_topk(queries, database, k: int, *, mesh: Mesh | None = None, d
     per_q = -(-q.n // n_q)
     bq = min(bq, _round_up(per_q, 8))
     nq_pad = _round_up(per_q, bq) * n_q
-    kprime = min(k + max(int(margin), 0), bdb)
 
     def read_q(idx):
         sl = idx[0]
@@ -158,8 +182,7 @@ def sharded_exact_topk(queries, database, k: int, *, mesh: Mesh | None = None, d
 
         return _global_array(mesh, P(db_axis, None), (chunk_rows, d), read)
 
-    static = dict(k=k, bq=bq, bdb=bdb, precision=precision, selection=selection, tile=tile, kprime=kprime,
-                  count=False)
+    static = dict(k=k, bq=bq, bdb=bdb, precision=precision, selection=selection, tile=tile, count=False)
     assert set(static) == set(STEP_STATIC)
     step = _compiled(mesh, db_axis, query_axis, rows_per_dev, tuple(sorted(static.items())))
     run_sh = NamedSharding(mesh, P(db_axis, query_axis, None))
@@ -170,13 +193,16 @@ def sharded_exact_topk(queries, database, k: int, *, mesh: Mesh | None = None, d
     rs, ri, rc = init()
     ndb_arr, tau_arr = jnp.int32(db.n), jnp.float32(0.0)
     nxt = read_chunk(0)
+    dmax2 = []
     for c in range(n_chunks):
         cur = nxt
-        rs, ri, rc, _ = step(qdev, cur, jnp.int32(c * chunk_rows), ndb_arr, tau_arr, rs, ri, rc)
+        rs, ri, rc, m2 = step(qdev, cur, jnp.int32(c * chunk_rows), ndb_arr, tau_arr, rs, ri, rc)
+        dmax2.append(m2)
         if c + 1 < n_chunks:
             nxt = read_chunk(c + 1)  # overlaps the asynchronously dispatched step
     fs, fi = _compiled_final(mesh, db_axis, query_axis, k)(rs, ri)
     out_s, out_i = _to_host(fs)[: q.n], _to_host(fi)[: q.n]
     if not np.isfinite(out_s).all():
         raise ValueError("scores overflowed float32 (inputs too large in magnitude); rescale the embeddings")
-    return out_s, out_i
+    dmax = float(np.sqrt(max(float(_to_host(m)) for m in dmax2)))
+    return out_s, out_i, dmax

@@ -44,12 +44,12 @@ def _near_tie(rng, nq, ndb, d, cluster):
 def test_near_ties_equal_float32_with_fallback(rng):
     q, db = _near_tie(rng, 24, 3000, 64, cluster=400)  # ~34 per block > k + margin
     s32, i32 = exact_topk(q, db, 10, query_block=8, db_block=256)
-    s, i, stats = exact_topk(q, db, 10, query_block=8, db_block=256, precision="bf16_certified", margin=8,
+    s, i, stats = exact_topk(q, db, 10, query_block=8, db_block=256, precision="bf16_certified", margin=20,
                              return_stats=True)
     assert_topk_matches(s, i, q, db, 10)
     np.testing.assert_array_equal(i, i32)
-    assert stats.fallback_tiles > 0  # bf16 cannot order the cluster: certification must refuse those tiles
-    assert stats.tiles == 3 * 12
+    assert stats.fallback_queries == 24  # bf16 cannot order the cluster: every query must be refused
+    assert stats.queries == 24
 
 
 def test_random_equal_float32_and_mostly_certified(rng):
@@ -63,4 +63,32 @@ def test_random_equal_float32_and_mostly_certified(rng):
     assert_topk_matches(s, i, q, db, 5)
     sep = np.abs(s32 - s) < 1e-6
     assert (i[sep] == i32[sep]).all()
-    assert stats.fallback_tiles < stats.tiles  # the bf16 screening path is actually used
+    assert stats.fallback_queries < stats.queries  # the bf16 screening path is actually used
+
+
+def test_mixed_queries_sliceable_inputs_and_errors(rng):
+    """Half the queries see a near-tie cluster (refused, recomputed), half are random (certified); inputs that
+    only support [a:b] slicing go through the row-by-row candidate reads."""
+    q_tie, db = _near_tie(rng, 6, 2000, 32, cluster=300)
+    q_rand = rng.standard_normal((6, 32)).astype(np.float32)
+    q = np.concatenate([q_tie, q_rand])
+
+    class Sliceable:
+        def __init__(self, a):
+            self.a, self.shape, self.dtype = a, a.shape, a.dtype
+
+        def __getitem__(self, sl):
+            if not isinstance(sl, slice):
+                raise TypeError("slices only")
+            return self.a[sl]
+
+    s32, i32 = exact_topk(q, db, 8, query_block=8, db_block=256)
+    s, i, stats = exact_topk(Sliceable(q), Sliceable(db), 8, query_block=8, db_block=256,
+                             precision="bf16_certified", margin=12, return_stats=True)
+    assert_topk_matches(s, i, q, db, 8)
+    np.testing.assert_array_equal(i[:6], i32[:6])
+    assert 6 <= stats.fallback_queries < 12
+    import pytest
+
+    with pytest.raises(ValueError, match="margin must be a non-negative integer"):
+        exact_topk(q, db, 3, precision="bf16_certified", margin=-1)
