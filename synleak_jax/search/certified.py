@@ -2,7 +2,7 @@
 
 1. Screening pass (the blockwise kernel with bf16 x bf16 -> float32 matmuls): per query the k' + 1 best
    screened scores s_b, k' = k + margin. Every row outside the first k' has s_b <= m_b := the (k'+1)-th value.
-2. Rescoring: the k' candidates are rescored in float32 (gather + float32 sgemm) and the best k taken by
+2. Rescoring: the k' candidates are rescored in float32 (gather + one float32 dot per candidate) and the best k taken by
    (score desc, index asc).
 3. Certificate, per query: accepted when m_b + bound < (k-th rescored score), strictly, where
 
@@ -41,9 +41,9 @@ def rescore(qb: np.ndarray, cand: np.ndarray, db, k: int):
     Returns (scores [b, k] f32 desc, indices [b, k] int32; ties -> lower index)."""
     uniq, inv = np.unique(cand, return_inverse=True)
     rows = db.take(uniq)  # [u, D] float32, each candidate row read once per block
-    s_all = qb @ rows.T  # float32 sgemm [b, u]
     inv = inv.reshape(cand.shape)
-    sc = np.take_along_axis(s_all, inv, axis=1)
+    # one float32 dot per (query, candidate): [b, k', D] x [b, D, 1] batched matmul
+    sc = np.matmul(rows[inv], qb[:, :, None])[..., 0]
     gi = uniq[inv]
     order = np.argsort(gi, axis=1, kind="stable")  # index order first ...
     sc, gi = np.take_along_axis(sc, order, 1), np.take_along_axis(gi, order, 1)
