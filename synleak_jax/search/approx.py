@@ -163,3 +163,25 @@ def faiss_hnsw(queries, database, k: int, *, m: int = 32, ef_construction: int =
     index.add(db)
     index.hnsw.efSearch = ef_search
     return index.search(np.ascontiguousarray(queries, np.float32), k)
+
+
+def scann_index(database, k: int, *, num_leaves: int = 1000, num_leaves_to_search: int = 100,
+                reorder: int = 100, training_sample_size: int = 65536):
+    """ScaNN (optional: `pip install scann`) tree + asymmetric hashing + exact reordering, dot product.
+    Returns the searcher; `searcher.search_batched(q)` -> (indices uint32 [nq, k], scores [nq, k])."""
+    try:
+        import scann  # noqa: PLC0415 (optional extra)
+    except ImportError as e:
+        raise RuntimeError("scann is not installed (pip install scann)") from e
+    db = np.ascontiguousarray(database, np.float32)
+    leaves = min(num_leaves, db.shape[0])
+    return (scann.scann_ops_pybind.builder(db, k, "dot_product")
+            .tree(num_leaves=leaves, num_leaves_to_search=min(num_leaves_to_search, leaves),
+                  training_sample_size=min(training_sample_size, db.shape[0]))
+            .score_ah(2, anisotropic_quantization_threshold=0.2).reorder(reorder).build())
+
+
+def scann_search(queries, database, k: int, **params):
+    """ScaNN top-k: (scores [nq, k], indices [nq, k] int64)."""
+    idx, sc = scann_index(database, k, **params).search_batched(np.ascontiguousarray(queries, np.float32))
+    return np.asarray(sc, np.float32), np.asarray(idx, np.int64)

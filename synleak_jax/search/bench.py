@@ -32,6 +32,8 @@ BACKENDS = {
     "faiss_flat": ("faiss-cpu IndexFlatIP (exact)", {}),
     "faiss_ivf": ("faiss-cpu IVF-Flat", {"nlist": 1024, "nprobe": 16}),
     "faiss_hnsw": ("faiss-cpu HNSW-Flat", {"m": 32, "ef_construction": 80, "ef_search": 64}),
+    "scann": ("ScaNN tree + AH + reorder (optional extra)", {"num_leaves": 1000, "num_leaves_to_search": 100,
+                                                             "reorder": 100}),
     "approx_max_k": ("lax.approx_max_k per tile + exact merge", {"recall_target": 0.95}),
     "full_top_k": ("lax.top_k on full rows (materialises [query_block, ndb])", {"query_block": 256}),
     "full_approx": ("lax.approx_max_k on full rows", {"query_block": 256, "recall_target": 0.95}),
@@ -92,6 +94,15 @@ def _make_runner(backend: str, params: dict, q, db, k: int, device_resident: boo
             index.hnsw.efSearch = int(params.get("ef_search", 64))
         qc = np.ascontiguousarray(q, np.float32)
         return (lambda: index.search(qc, k)), time.perf_counter() - t0
+    if backend == "scann":
+        searcher = approx.scann_index(db, k, **params)
+        qc = np.ascontiguousarray(q, np.float32)
+
+        def run_scann():
+            idx, sc = searcher.search_batched(qc)
+            return sc, idx
+
+        return run_scann, time.perf_counter() - t0
     if backend == "approx_max_k":
         return (lambda: approx.approx_max_k_blockwise(q, db, k, **params)), time.perf_counter() - t0
     if backend in ("full_top_k", "full_approx"):

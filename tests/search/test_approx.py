@@ -44,3 +44,13 @@ def test_faiss_ivf_hnsw_recall(data):
                  approx.faiss_hnsw(q, db, 10, ef_search=200)):
         recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i, ti)])
         assert recall > 0.95
+
+
+def test_scann_if_installed(data):
+    pytest.importorskip("scann")
+    q, db = data
+    _, ti = exact_topk(q, db, 10)
+    s, i = approx.scann_search(q, db, 10, num_leaves=16, num_leaves_to_search=16, reorder=200)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i, ti)])
+    assert recall > 0.9  # all leaves searched + large reorder: near exact
+    np.testing.assert_allclose(s, np.take_along_axis(brute_scores(q, db), i, 1), atol=1e-4)
