@@ -36,9 +36,9 @@ def default_config() -> ConfigDict:
     c.knn.k = 10
     c.knn.precision = "float32"  # or bf16_certified
     c.knn.selection = "tiled"
-    c.knn.tile = 64
-    c.knn.query_block = 1024
-    c.knn.db_block = 8192
+    c.knn.tile = 32
+    c.knn.query_block = 0  # 0 = search.exact.default_blocks() for the backend (CPU 1024, GPU 4096)
+    c.knn.db_block = 0  # 0 = default (CPU 8192, GPU 65536)
     c.knn.write_block = 16384  # queries per output part (the unit of resume)
     c.knn.sharded = False  # shard the database over all devices (sharded_exact_topk)
     return c
@@ -96,6 +96,8 @@ def run_knn(cfg: ConfigDict) -> str:
     k = check_k(cfg.knn.k, db.shape[0], "--config.knn.k")
     wb = check_block(cfg.knn.write_block, "--config.knn.write_block")
     search = {key: cfg.knn[key] for key in ("precision", "selection", "tile", "query_block", "db_block")}
+    search["query_block"] = search["query_block"] or None
+    search["db_block"] = search["db_block"] or None
     manifest = {"format_version": 1, "queries": q_fp, "database": db_fp, "k": k, "write_block": wb,
                 "search": search, "sharded": bool(cfg.knn.sharded)}
     out = cfg.output

@@ -33,8 +33,8 @@ class RangeResult(tuple):
     overflow = property(lambda self: self[3])
 
 
-def range_search(queries, database, tau: float, max_per_query: int, *, query_block: int = 1024,
-                 db_block: int = 8192, selection: str = "tiled", tile: int = 32,
+def range_search(queries, database, tau: float, max_per_query: int, *, query_block: int | None = None,
+                 db_block: int | None = None, selection: str = "tiled", tile: int = 32,
                  db_chunk_rows: int | None = None, query_chunk_rows: int | None = None) -> RangeResult:
     """All pairs with inner-product score >= tau (float32 scores), at most max_per_query per query.
 

@@ -32,6 +32,7 @@ from synleak_jax.search.exact import (
     check_common,
     check_k,
     chunk_step_impl,
+    default_blocks,
     merge_topk_lex,
 )
 
@@ -99,7 +100,8 @@ def _to_host(x):
 
 
 def sharded_exact_topk(queries, database, k: int, *, mesh: Mesh | None = None, db_axis: str = "db",
-                       query_axis: str | None = None, query_block: int = 1024, db_block: int = 8192,
+                       query_axis: str | None = None, query_block: int | None = None,
+                       db_block: int | None = None,
                        precision: str = "float32", selection: str = "tiled", tile: int = 32, margin: int = 32,
                        db_chunk_rows: int | None = None, return_stats: bool = False):
     """Exact top-k with the database sharded over `mesh[db_axis]` (and queries over `mesh[query_axis]`).
@@ -136,8 +138,9 @@ def _sharded_engine(queries, database, k, *, mesh, db_axis, query_axis, query_bl
     db = database if isinstance(database, Source) else Source(database, "database")
     check_common(q, db)
     k = check_k(k, db.n)
-    bq = check_block(query_block, "query_block")
-    bdb = check_block(db_block, "db_block")
+    dq, ddb = default_blocks()
+    bq = check_block(dq if query_block is None else query_block, "query_block")
+    bdb = check_block(ddb if db_block is None else db_block, "db_block")
     tile = check_block(tile, "tile")
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
