@@ -73,10 +73,11 @@ def test_streamed_chunks_and_jax_input_identical(rng):
 
     q = rng.standard_normal((21, 16)).astype(np.float32)
     db = rng.standard_normal((900, 16)).astype(np.float32)
-    ref = range_search(q, db, 3.0, 7, query_block=8, db_block=64)
+    tau = _tau_in_gap(brute_scores(q, db), 0.9, 0.99)
+    ref = range_search(q, db, tau, 7, query_block=8, db_block=64)
     for qq, dd in ((q, db), (jnp.asarray(q), jnp.asarray(db))):
-        res = range_search(qq, dd, 3.0, 7, query_block=8, db_block=64, db_chunk_rows=128, query_chunk_rows=8)
+        res = range_search(qq, dd, tau, 7, query_block=8, db_block=64, db_chunk_rows=128, query_chunk_rows=8)
         for a, b in zip(res, ref):
             np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(res.counts, ref.counts)
-    np.testing.assert_array_equal(ref.counts, (brute_scores(q, db) >= np.float32(3.0)).sum(1))
+    np.testing.assert_array_equal(ref.counts, (brute_scores(q, db) >= tau).sum(1))
