@@ -200,7 +200,7 @@ def merge_topk_lex(s, i, k: int):
     Used where candidate lists do not come in index order (sharded merges). -0.0 is folded into +0.0 so the
     sort's total order does not split equal scores by sign.
     """
-    neg = -(s + 0.0)
+    neg = -jnp.where(s == 0.0, 0.0, s)
     neg_sorted, i_sorted = lax.sort((neg, i), dimension=1, num_keys=2)
     return -neg_sorted[:, :k], i_sorted[:, :k]
 
@@ -275,7 +275,10 @@ def chunk_step_impl(q, db, offset, ndb, tau, run_s, run_i, run_c, *, k, bq, bdb,
             rs, ri, rc = carry
             base = offset + j * bdb
             cols = base + jnp.arange(bdb, dtype=jnp.int32)
-            s = jnp.where((cols < ndb)[None, :], dot(qblk, dbb[j]), _NEG_INF)
+            s = dot(qblk, dbb[j])
+            # -0.0 -> +0.0 (top_k's total order would rank -0.0 below +0.0, breaking the index tie rule);
+            # padding columns -> -inf
+            s = jnp.where((cols < ndb)[None, :], jnp.where(s == 0.0, 0.0, s), _NEG_INF)
             if count:
                 rc = rc + jnp.sum(s >= tau, axis=1, dtype=jnp.int32)
             bs, bp = block_select(s, k, selection, tile)

@@ -118,3 +118,14 @@ def test_errors(rng):
         exact_topk(q, db, 1, query_block=0)
     with pytest.raises(ValueError, match="k must be an integer"):
         exact_topk(q, db, 2.5)
+
+
+def test_signed_zero_scores_tie_by_index(rng):
+    # q < 0 everywhere: row 0 (+0 entries) scores -0.0, row 1 (-0 entries) scores +0.0; they tie -> index 0 first
+    q = -np.abs(rng.standard_normal((3, 4))).astype(np.float32) - 0.1
+    db = np.abs(rng.standard_normal((20, 4))).astype(np.float32) + 0.1  # negative scores
+    db[0] = 0.0
+    db[1] = -0.0
+    s, i = exact_topk(q, db, 2, db_block=8)
+    np.testing.assert_array_equal(i, [[0, 1]] * 3)
+    assert (s == 0).all()
