@@ -186,14 +186,17 @@ def calibrate_embeddings(
     hist = S.pair_histogram(sets, bins, progress="calibration histogram")
     n_imp, n_gen = hist.n_impostor, hist.n_genuine
     check_fmrs(fmrs, n_imp)
+    located = [_locate(hist.impostor, impostors_allowed(f, n_imp) + 1) for f in fmrs]
+    # Bins small enough to collect directly are gathered in ONE extra pass for all FMRs together.
+    small = sorted({b for b, _ in located if int(hist.impostor[b]) <= collect_cap})
+    got_s, got_b = (S.collect_impostor_scores_in_bins(sets, bins, small, int(hist.impostor[small].sum()))
+                    if small else (None, None))
     taus = []
-    for f in fmrs:
-        m = impostors_allowed(f, n_imp)
-        b, r = _locate(hist.impostor, m + 1)
+    for b, r in located:
         c = int(hist.impostor[b])
         if c <= collect_cap:
-            vals = S.collect_impostor_scores(sets, (bins, b), None, c)
-        else:
+            vals = got_s[got_b == b]
+        else:  # crowded bin: histogram inside it, then collect the one sub-bin
             sub = bins.sub(b)
             h2 = S.pair_histogram(sets, sub, restrict1=(bins, b))
             b2, r = _locate(h2.impostor, r)

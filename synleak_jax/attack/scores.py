@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import time
 from typing import Iterator
 
 import jax
@@ -315,6 +316,7 @@ def pair_histogram(
     r2 = _restriction(restrict2)
     inv_w = bins.nbins / (bins.hi - bins.lo)
     n_blocks = -(-sets.n_a // sets.block)
+    t0 = time.time()
     for bi, (s0, qa, ql, qv) in enumerate(sets.row_blocks()):
         hi_, hg_, m_, _, _ = _row_block_kernel(
             qa, ql, qv, s0, sets.b, sets.lb, sets.vb, bins.lo, inv_w, *r1, *r2,
@@ -323,8 +325,20 @@ def pair_histogram(
         h_gen += np.asarray(hg_, np.int64)
         mom += np.asarray(m_, np.float64)
         if progress and (bi + 1) % max(1, n_blocks // 10) == 0:
-            logging.info("%s: row block %d/%d", progress, bi + 1, n_blocks)
+            # Self mode: row block i holds pairs with the blocks after it, so work shrinks with i (ETA by pairs).
+            done = _pairs_done(sets, bi + 1)
+            el = time.time() - t0
+            rate = done / max(el, 1e-9)
+            logging.info("%s: row block %d/%d, %.3g pairs/s, ETA %.0f s", progress, bi + 1, n_blocks, rate,
+                         (sets.n_pairs() - done) / max(rate, 1e-9))
     return PairHistogram(bins, h_imp, h_gen, *mom.tolist())
+
+
+def _pairs_done(sets: "PairSets", blocks: int) -> int:
+    r = min(blocks * sets.block, sets.n_a)
+    if sets.mode == "cross":
+        return r * sets.n_b
+    return r * sets.n_a - r * (r + 1) // 2  # pairs (i, j), i < r, j > i
 
 
 def collect_impostor_scores(
@@ -389,3 +403,58 @@ def count_above(sets: PairSets, taus) -> tuple[np.ndarray, np.ndarray]:
         ci += np.asarray(a, np.int64)
         cg += np.asarray(g, np.int64)
     return ci, cg
+
+
+@functools.partial(jax.jit, static_argnames=("nbins", "block", "metric", "mode", "cap"))
+def _collect_multi_kernel(qa, ql, qv, q0, db, dl, dv, lo, inv_w, bin_mask, *, nbins, block, metric, mode, cap):
+    """Impostor scores of one row block whose bin (of ``nbins`` over lo, 1/inv_w) is flagged in ``bin_mask``
+    [nbins]; returns (scores [cap], bins [cap], fill)."""
+    n_col_blocks = db.shape[0] // block
+    rows = q0 + jnp.arange(block)
+    start = q0 // block if mode == "self" else 0
+
+    def body(j, carry):
+        buf, bbuf, fill = carry
+        b = jax.lax.dynamic_slice_in_dim(db, j * block, block)
+        bl = jax.lax.dynamic_slice_in_dim(dl, j * block, block)
+        bv = jax.lax.dynamic_slice_in_dim(dv, j * block, block)
+        s = _pair_scores(qa, b, metric)
+        valid = qv[:, None] & bv[None, :]
+        if mode == "self":
+            cols = j * block + jnp.arange(block)
+            valid = valid & (rows[:, None] < cols[None, :])
+        idx = _bin_index(s, lo, inv_w, nbins)
+        m = (valid & (ql[:, None] != bl[None, :]) & bin_mask[idx]).reshape(-1)
+        pos = fill + jnp.cumsum(m.astype(jnp.int32)) - 1
+        pos = jnp.where(m, pos, cap)
+        buf = buf.at[pos].set(s.reshape(-1), mode="drop")
+        bbuf = bbuf.at[pos].set(idx.reshape(-1), mode="drop")
+        return buf, bbuf, fill + jnp.sum(m.astype(jnp.int32))
+
+    init = (jnp.zeros((cap,), jnp.float32), jnp.zeros((cap,), jnp.int32), jnp.zeros((), jnp.int32))
+    return jax.lax.fori_loop(start, n_col_blocks, body, init)
+
+
+def collect_impostor_scores_in_bins(sets: PairSets, bins: Bins, wanted: list[int], expected: int
+                                    ) -> tuple[np.ndarray, np.ndarray]:
+    """One pass collecting the exact impostor scores of several bins: (scores float32 [expected], their bins)."""
+    mask = np.zeros(bins.nbins, bool)
+    mask[list(wanted)] = True
+    cap = 1 << max(4, int(math.ceil(math.log2(max(expected, 1)))))
+    inv_w = bins.nbins / (bins.hi - bins.lo)
+    out_s, out_b = [], []
+    mask_j = jnp.asarray(mask)
+    for s0, qa, ql, qv in sets.row_blocks():
+        buf, bbuf, fill = _collect_multi_kernel(qa, ql, qv, s0, sets.b, sets.lb, sets.vb, bins.lo, inv_w, mask_j,
+                                                nbins=bins.nbins, block=sets.block, metric=sets.metric,
+                                                mode=sets.mode, cap=cap)
+        fill = int(fill)
+        if fill > cap:
+            raise RuntimeError(f"internal: {fill} scores in the wanted bins of one row block, more than {expected}")
+        out_s.append(np.asarray(buf[:fill]))
+        out_b.append(np.asarray(bbuf[:fill]))
+    s = np.concatenate(out_s) if out_s else np.zeros(0, np.float32)
+    b = np.concatenate(out_b) if out_b else np.zeros(0, np.int32)
+    if s.size != expected:
+        raise RuntimeError(f"internal: collected {s.size} scores in the wanted bins, histogram said {expected}")
+    return s, b
