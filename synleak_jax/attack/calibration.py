@@ -167,6 +167,7 @@ def calibrate_embeddings(
     plot_bins: int = 256,
     fixed_thresholds: dict[str, float] | None = None,
     note: str = "",
+    devices=None,
 ) -> Calibration:
     """Exact thresholds from all impostor pairs of a labelled real set.
 
@@ -178,8 +179,10 @@ def calibrate_embeddings(
       metric: "cosine" or "euclidean".
       fixed_thresholds: extra published thresholds in native units (e.g. {"dlib published 0.6": 0.6}); their
         achieved FMR/FNMR are measured exactly.
+      devices: devices the row blocks are spread over (default: all local devices); results are identical for
+        any device count.
     """
-    sets = S.PairSets(embeddings, labels, metric=metric, block=block)
+    sets = S.PairSets(embeddings, labels, metric=metric, block=block, devices=devices)
     n_pairs = sets.n_pairs()
     logging.info("calibration: %d images, %d pairs, %d-bin histogram", sets.n_a, n_pairs, nbins)
     bins = S.Bins(sets.range[0], sets.range[1], nbins)

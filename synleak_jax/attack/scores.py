@@ -235,8 +235,13 @@ class PairSets:
     distinct ids (each unlabelled image its own identity: all its pairs count as impostors).
     """
 
-    def __init__(self, a, labels_a=None, b=None, labels_b=None, *, metric: str, block: int = 1024):
+    def __init__(self, a, labels_a=None, b=None, labels_b=None, *, metric: str, block: int = 1024,
+                 devices=None):
         check_metric(metric)
+        # Row blocks are spread over the devices (shard_map over a "rows" axis); the columns are replicated.
+        self.devices = list(devices) if devices is not None else jax.local_devices()
+        self.mesh = jax.sharding.Mesh(np.asarray(self.devices), ("rows",))
+        self._fns = {}
         self.metric = metric
         self.mode = "self" if b is None else "cross"
         self.block = int(block)
@@ -269,6 +274,40 @@ class PairSets:
             yield (s, jnp.asarray(self.a[s : s + self.block]), jnp.asarray(self.la[s : s + self.block]),
                    jnp.asarray(self.va[s : s + self.block]))
 
+    @property
+    def n_row_blocks(self) -> int:
+        return self.a.shape[0] // self.block
+
+    def run(self, name: str, kernel, replicated: tuple, **static) -> Iterator[list]:
+        """Runs ``kernel(qa, ql, qv, q0, db, dl, dv, *replicated, **static)`` on every row block, one row block
+        per device at a time (``jax.shard_map`` over the "rows" mesh axis), and yields, group by group, the list of
+        per-row-block outputs in row-block order (host numpy). Padding blocks (past the last row) are dropped."""
+        g = len(self.devices)
+        key = (name, tuple(sorted(static.items())))
+        if key not in self._fns:
+            row, rep = jax.sharding.PartitionSpec("rows"), jax.sharding.PartitionSpec()
+
+            def per_device(q0, qa, ql, qv, db, dl, dv, *rest):
+                out = kernel(qa, ql, qv, q0[0], db, dl, dv, *rest, **static)
+                return jax.tree_util.tree_map(lambda x: x[None], out)
+
+            self._fns[key] = jax.jit(jax.shard_map(
+                per_device, mesh=self.mesh, in_specs=(row, row, row, row, rep, rep, rep) + (rep,) * len(replicated),
+                out_specs=row, check_vma=False))
+        fn = self._fns[key]
+        nb, bs, rows = self.n_row_blocks, self.block, self.a.shape[0]
+        for first in range(0, nb, g):
+            blocks = list(range(first, min(first + g, nb)))
+            pad = g - len(blocks)
+            q0 = np.asarray([b * bs for b in blocks] + [rows] * pad, np.int32)  # padding: past every column block
+            sl = slice(first * bs, (first + len(blocks)) * bs)
+            qa = np.concatenate([self.a[sl], np.zeros((pad * bs, self.a.shape[1]), np.float32)])
+            ql = np.concatenate([self.la[sl], np.full(pad * bs, -1, self.la.dtype)])
+            qv = np.concatenate([self.va[sl], np.zeros(pad * bs, bool)])
+            out = fn(q0, qa, ql, qv, self.b, self.lb, self.vb, *replicated)
+            out = jax.tree_util.tree_map(np.asarray, out)
+            yield [jax.tree_util.tree_map(lambda x: x[i], out) for i in range(len(blocks))]
+
     def n_pairs(self) -> int:
         return self.n_a * (self.n_a - 1) // 2 if self.mode == "self" else self.n_a * self.n_b
 
@@ -283,6 +322,11 @@ def _fill_labels(labels, n: int, offset: int) -> np.ndarray:
     # Unknown identities get distinct negative ids (never equal to each other nor to a real label).
     lab[unk] = -(np.nonzero(unk)[0] + 1 + offset)
     return lab
+
+
+def _scalars(*xs) -> tuple:
+    """Kernel scalars as 0-d arrays (floats float32, ints int32) so shard_map can replicate them."""
+    return tuple(jnp.asarray(x, jnp.int32 if isinstance(x, (int, np.integer)) else jnp.float32) for x in xs)
 
 
 def _restriction(r: tuple[Bins, int] | None):
@@ -315,16 +359,18 @@ def pair_histogram(
     r1 = _restriction(restrict1)
     r2 = _restriction(restrict2)
     inv_w = bins.nbins / (bins.hi - bins.lo)
-    n_blocks = -(-sets.n_a // sets.block)
+    n_blocks = sets.n_row_blocks
     t0 = time.time()
-    for bi, (s0, qa, ql, qv) in enumerate(sets.row_blocks()):
-        hi_, hg_, m_, _, _ = _row_block_kernel(
-            qa, ql, qv, s0, sets.b, sets.lb, sets.vb, bins.lo, inv_w, *r1, *r2,
-            nbins=bins.nbins, block=sets.block, metric=sets.metric, mode=sets.mode, collect_cap=0)
-        h_imp += np.asarray(hi_, np.int64)
-        h_gen += np.asarray(hg_, np.int64)
-        mom += np.asarray(m_, np.float64)
-        if progress and (bi + 1) % max(1, n_blocks // 10) == 0:
+    rep = _scalars(bins.lo, inv_w, *r1, *r2)
+    bi = -1
+    for group in sets.run("hist", _row_block_kernel, rep, nbins=bins.nbins, block=sets.block, metric=sets.metric,
+                          mode=sets.mode, collect_cap=0):
+        for hi_, hg_, m_, _, _ in group:  # row-block order: sums identical on 1 or N devices
+            bi += 1
+            h_imp += np.asarray(hi_, np.int64)
+            h_gen += np.asarray(hg_, np.int64)
+            mom += np.asarray(m_, np.float64)
+        if progress and (bi + 1) % max(1, n_blocks // 10) < len(group):
             # Self mode: row block i holds pairs with the blocks after it, so work shrinks with i (ETA by pairs).
             done = _pairs_done(sets, bi + 1)
             el = time.time() - t0
@@ -351,14 +397,13 @@ def collect_impostor_scores(
     r2 = _restriction(restrict2)
     out = []
     nb = restrict1[0].nbins
-    for s0, qa, ql, qv in sets.row_blocks():
-        _, _, _, buf, fill = _row_block_kernel(
-            qa, ql, qv, s0, sets.b, sets.lb, sets.vb, 0.0, 1.0, *r1, *r2,
-            nbins=nb, block=sets.block, metric=sets.metric, mode=sets.mode, collect_cap=cap)
-        fill = int(fill)
-        if fill > cap:
-            raise RuntimeError(f"internal: bin holds {fill} scores in one row block, more than expected {expected}")
-        out.append(np.asarray(buf[:fill]))
+    for group in sets.run("collect", _row_block_kernel, _scalars(0.0, 1.0, *r1, *r2), nbins=nb, block=sets.block,
+                          metric=sets.metric, mode=sets.mode, collect_cap=cap):
+        for _, _, _, buf, fill in group:
+            fill = int(fill)
+            if fill > cap:
+                raise RuntimeError(f"internal: bin holds {fill} scores in one row block, more than expected {expected}")
+            out.append(np.asarray(buf[:fill]))
     got = np.concatenate(out) if out else np.zeros(0, np.float32)
     if got.size != expected:
         raise RuntimeError(f"internal: collected {got.size} scores in the refined bin, histogram said {expected}")
@@ -397,11 +442,11 @@ def count_above(sets: PairSets, taus) -> tuple[np.ndarray, np.ndarray]:
     taus = jnp.asarray(np.asarray(taus, np.float32))
     ci = np.zeros(taus.shape, np.int64)
     cg = np.zeros(taus.shape, np.int64)
-    for s0, qa, ql, qv in sets.row_blocks():
-        a, g = _count_above_kernel(qa, ql, qv, s0, sets.b, sets.lb, sets.vb, taus,
-                                   block=sets.block, metric=sets.metric, mode=sets.mode)
-        ci += np.asarray(a, np.int64)
-        cg += np.asarray(g, np.int64)
+    for group in sets.run("count", _count_above_kernel, (taus,), block=sets.block, metric=sets.metric,
+                          mode=sets.mode):
+        for a, g in group:
+            ci += np.asarray(a, np.int64)
+            cg += np.asarray(g, np.int64)
     return ci, cg
 
 
@@ -444,15 +489,14 @@ def collect_impostor_scores_in_bins(sets: PairSets, bins: Bins, wanted: list[int
     inv_w = bins.nbins / (bins.hi - bins.lo)
     out_s, out_b = [], []
     mask_j = jnp.asarray(mask)
-    for s0, qa, ql, qv in sets.row_blocks():
-        buf, bbuf, fill = _collect_multi_kernel(qa, ql, qv, s0, sets.b, sets.lb, sets.vb, bins.lo, inv_w, mask_j,
-                                                nbins=bins.nbins, block=sets.block, metric=sets.metric,
-                                                mode=sets.mode, cap=cap)
-        fill = int(fill)
-        if fill > cap:
-            raise RuntimeError(f"internal: {fill} scores in the wanted bins of one row block, more than {expected}")
-        out_s.append(np.asarray(buf[:fill]))
-        out_b.append(np.asarray(bbuf[:fill]))
+    for group in sets.run("collect_multi", _collect_multi_kernel, _scalars(bins.lo, inv_w) + (mask_j,),
+                          nbins=bins.nbins, block=sets.block, metric=sets.metric, mode=sets.mode, cap=cap):
+        for buf, bbuf, fill in group:
+            fill = int(fill)
+            if fill > cap:
+                raise RuntimeError(f"internal: {fill} scores in the wanted bins of one row block, more than {expected}")
+            out_s.append(np.asarray(buf[:fill]))
+            out_b.append(np.asarray(bbuf[:fill]))
     s = np.concatenate(out_s) if out_s else np.zeros(0, np.float32)
     b = np.concatenate(out_b) if out_b else np.zeros(0, np.int32)
     if s.size != expected:

@@ -80,3 +80,24 @@ def test_impossible_fmr_says_how_many_pairs_are_needed(rng):
     x = rng.normal(size=(50, 4)).astype(np.float32)
     with pytest.raises(ValueError, match=r"FMR 1e-06 .*1,000,000 impostor pairs.*only 1,225"):
         C.calibrate_embeddings(x, None, [1e-2, 1e-6], metric="cosine")
+
+
+def test_same_answer_on_one_and_eight_devices(rng):
+    import jax
+
+    if len(jax.devices()) < 2:
+        pytest.skip("needs several (forced host) devices")
+    x = rng.normal(size=(700, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    lab = rng.integers(0, 60, 700)
+    one = C.calibrate_embeddings(x, lab, [1e-2, 1e-3, 1e-4], metric="cosine", block=64, devices=jax.devices()[:1])
+    many = C.calibrate_embeddings(x, lab, [1e-2, 1e-3, 1e-4], metric="cosine", block=64, devices=jax.devices())
+    assert [t.to_dict() for t in one.thresholds] == [t.to_dict() for t in many.thresholds]
+    np.testing.assert_array_equal(one.hist_impostor, many.hist_impostor)
+    np.testing.assert_array_equal(one.hist_genuine, many.hist_genuine)
+    assert (one.impostor_mean, one.impostor_std, one.eer) == (many.impostor_mean, many.impostor_std, many.eer)
+    s1 = S.PairSets(x[:300], lab[:300], x[300:], lab[300:], metric="euclidean", block=64, devices=jax.devices()[:1])
+    s8 = S.PairSets(x[:300], lab[:300], x[300:], lab[300:], metric="euclidean", block=64)
+    h1, h8 = S.pair_histogram(s1, nbins=512), S.pair_histogram(s8, nbins=512)
+    np.testing.assert_array_equal(h1.impostor, h8.impostor)
+    assert h1.moments("genuine") == h8.moments("genuine")
