@@ -55,8 +55,13 @@ def fmt(x) -> str:
 
 
 def table(headers: list[str], rows: list[list], left: int = 1) -> str:
+    """A table; the first ``left`` columns and every text cell are left-aligned, numbers right-aligned."""
     h = "".join(f'<th class="{"l" if i < left else ""}">{e(c)}</th>' for i, c in enumerate(headers))
-    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{e(c)}</td>' for i, c in enumerate(r))
+
+    def cls(i, c):
+        return "l" if i < left or (isinstance(c, str) and len(c) > 12) else ""
+
+    body = "".join("<tr>" + "".join(f'<td class="{cls(i, c)}">{e(c)}</td>' for i, c in enumerate(r))
                    + "</tr>" for r in rows)
     return f"<table><tr>{h}</tr>{body}</table>"
 
