@@ -167,6 +167,12 @@ def default_blocks() -> tuple[int, int]:
     return (1024, 8192) if jax.default_backend() == "cpu" else (4096, 65536)
 
 
+def default_chunk_rows(bdb: int, d: int) -> int:
+    """Database rows per host->device transfer: ~16 MiB on CPU, ~64 MiB on accelerators (multiple of bdb)."""
+    budget = (16 << 20) if jax.default_backend() == "cpu" else (64 << 20)
+    return max(1, budget // (bdb * d * 4)) * bdb
+
+
 def check_block(v: Any, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < 1:
         raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -335,10 +341,10 @@ def search_engine(queries, database, k: int, *, query_block: int, db_block: int,
     bdb = min(bdb, _round_up(db.n, 8))
     bq = min(bq, _round_up(q.n, 8))
     d = q.d
-    # Chunks: ~64 MiB of float32 rows by default (a multiple of the block size); a database that fits in one
-    # chunk is transferred once and reused for every query super-block.
+    # Chunks: ~16 MiB (CPU; each chunk is a copy in host memory) or ~64 MiB (accelerators) of float32 rows, a
+    # multiple of the block size; a database that fits in one chunk is transferred once and reused.
     if db_chunk_rows is None:
-        db_chunk_rows = max(1, (64 << 20) // (bdb * d * 4)) * bdb
+        db_chunk_rows = default_chunk_rows(bdb, d)
     db_chunk_rows = _round_up(check_block(db_chunk_rows, "db_chunk_rows"), bdb)
     if query_chunk_rows is None:
         query_chunk_rows = max(1, (64 << 20) // (bq * d * 4)) * bq
@@ -375,6 +381,9 @@ def search_engine(queries, database, k: int, *, query_block: int, db_block: int,
                 dmax2.append(m2)
             if ci + 1 < len(db_plan):
                 nxt = load_db(ci + 1)  # host read + transfer overlap the step dispatched above
+            # Bound memory: without this, asynchronous dispatch lets the loop run ahead and keep every chunk's
+            # device copy alive at once (measured: +1x the database in RSS). At most 2 chunks live.
+            rs.block_until_ready()
             now = time.perf_counter()
             if now - last_log > log_every_s:
                 frac = (done_q + (qe - qa) * (ci + 1) / len(db_plan)) / q.n
@@ -412,7 +421,8 @@ def exact_topk(queries, database, k: int, *, query_block: int | None = None, db_
       selection: "tiled" (exact two-level selection, cheaper on CPU) or "top_k" (one lax.top_k per tile row).
       tile: columns per tile for selection="tiled".
       margin: extra screening candidates per query for bf16_certified.
-      db_chunk_rows, query_chunk_rows: rows per host->device transfer (default ~64 MiB each).
+      db_chunk_rows, query_chunk_rows: rows per host->device transfer (default: database ~16 MiB on CPU,
+        ~64 MiB on accelerators; queries ~64 MiB).
       return_stats: also return a SearchStats (fallback counts of the certified mode).
 
     Returns:

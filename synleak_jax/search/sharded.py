@@ -33,6 +33,7 @@ from synleak_jax.search.exact import (
     check_k,
     chunk_step_impl,
     default_blocks,
+    default_chunk_rows,
     merge_topk_lex,
 )
 
@@ -155,7 +156,7 @@ def _sharded_engine(queries, database, k, *, mesh, db_axis, query_axis, query_bl
     per_dev_rows = -(-db.n // n_db)
     bdb = min(bdb, _round_up(per_dev_rows, 8))
     if db_chunk_rows is None:
-        db_chunk_rows = max(1, (64 << 20) // (bdb * d * 4)) * bdb
+        db_chunk_rows = default_chunk_rows(bdb, d)
     rows_per_dev = min(_round_up(check_block(db_chunk_rows, "db_chunk_rows"), bdb), _round_up(per_dev_rows, bdb))
     chunk_rows = rows_per_dev * n_db
     n_chunks = -(-db.n // chunk_rows)
@@ -203,6 +204,7 @@ def _sharded_engine(queries, database, k, *, mesh, db_axis, query_axis, query_bl
         dmax2.append(m2)
         if c + 1 < n_chunks:
             nxt = read_chunk(c + 1)  # overlaps the asynchronously dispatched step
+        rs.block_until_ready()  # at most 2 chunks alive (see exact.py)
     fs, fi = _compiled_final(mesh, db_axis, query_axis, k)(rs, ri)
     out_s, out_i = _to_host(fs)[: q.n], _to_host(fi)[: q.n]
     if not np.isfinite(out_s).all():
