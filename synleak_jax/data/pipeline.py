@@ -84,7 +84,8 @@ class LoadRecord:
         label = -1
         try:
             data, label = self.source.read_record(rid)
-            where = self.source.describe(rid)
+            # Error details only; reject entries take source.describe(rid) later (costly for some sources).
+            where = f"record {rid}"
             if self.align_fn is None:
                 rgb = decode.decode_rgb(data, where, size=(h, w), max_pixels=self.max_pixels)
             else:

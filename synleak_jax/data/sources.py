@@ -218,7 +218,11 @@ class ImageFolderSource(_FolderSource):
                 # Files of an identity folder that resolves outside the root are listed (so they are
                 # reported) but never read.
                 files = []
-                for f in sorted(os.listdir(e.path)):
+                try:
+                    names_out = sorted(os.listdir(e.path))
+                except OSError:
+                    names_out = []
+                for f in names_out:
                     if _is_image_name(f):
                         files.append((os.path.join(e.name, f), -1, _ESCAPE,
                                       os.path.realpath(os.path.join(e.path, f))))
