@@ -164,3 +164,35 @@ def test_io_errors_become_rejects(rng):
     b = next(iter(pipeline.make_pipeline(src, SPEC, 5)))
     assert b["reject_code"].tolist() == [0, rejects.UNREADABLE, 0, 0, rejects.UNREADABLE]
     assert b["valid"].tolist() == [True, False, True, True, False]
+
+
+_APP_SCRIPT = '''
+import sys
+import numpy as np
+from absl import app
+from synleak_jax.data import pipeline, sources
+from synleak_jax.models.registry import InputSpec
+
+def main(argv):
+    src = sources.FlatFolderSource(argv[1])
+    spec = InputSpec(8, 6, "RGB", (0.0,) * 3, (1.0,) * 3, 4, "cosine", "arcface112")
+    ids = [b["record_id"].tolist() for b in pipeline.make_pipeline(src, spec, 3, num_workers=1)]
+    print("IDS", ids)
+
+if __name__ == "__main__":  # grain workers are spawned: the guard is required, as for any multiprocessing
+    app.run(main)
+'''
+
+
+def test_workers_inside_absl_app_run(tmp_path, rng):
+    import subprocess
+    import sys
+    for k in range(4):
+        fixtures.write(str(tmp_path / "imgs" / f"{k}.png"), fixtures.encode(fixtures.random_rgb(rng, 8, 6), "PNG"))
+    script = tmp_path / "run_app.py"
+    script.write_text(_APP_SCRIPT)
+    repo = __file__.rsplit("/tests/", 1)[0]
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "imgs")], capture_output=True, text=True,
+                       cwd=repo, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "IDS [[0, 1, 2], [3, -1, -1]]" in r.stdout
