@@ -295,7 +295,8 @@ class ArraySource(Source):
 
 def open_source(spec: str, **kwargs) -> Source:
     """Opens a source from a string: ``folder:PATH``, ``flat:PATH``, ``recordio:PREFIX`` (or ``PATH.rec``),
-    ``bin:PATH.bin`` (images of a verification bin), ``tfds:NAME[:SPLIT]`` (needs ``data_dir=``).
+    ``bin:PATH.bin`` (images of a verification bin), ``tfds:NAME[:SPLIT]`` (needs ``data_dir=``) or
+    ``tfds:BUILDER_DIR`` (a prepared ``data_dir/name/version`` directory).
 
     A bare path is guessed: ``*.rec``/``*.idx`` -> RecordIO, ``*.bin`` -> verification bin, a directory whose
     entries are all directories -> image folder, otherwise flat folder.
@@ -314,6 +315,8 @@ def open_source(spec: str, **kwargs) -> Source:
         from synleak_jax.data import verification
         return verification.load_bin(rest).images
     from synleak_jax.data import tfds_builders
+    if os.path.isfile(os.path.join(rest, "dataset_info.json")):  # a prepared directory data_dir/name/version
+        return tfds_builders.TfdsSource(builder_dir=rest, **kwargs)
     name, _, split = rest.partition(":")
     return tfds_builders.TfdsSource(name, split=split or "train", **kwargs)
 

@@ -65,6 +65,9 @@ def test_casia_from_recordio(tmp_path, rng):
     assert [back[i] for i in range(len(back))] == imgs
     assert back.labels().tolist() == labels and back.num_classes == 4
     assert back.file_name(2) == "train.rec:3"
+    via_open = sources.open_source("tfds:casia_webface", data_dir=data_dir)
+    by_dir = sources.open_source("tfds:" + back.builder_dir)
+    assert via_open[6] == by_dir[6] == imgs[6] and by_dir.fingerprint() == back.fingerprint()
 
 
 def test_errors_name_things(tmp_path):
