@@ -240,7 +240,7 @@ def _check_input_normalization(graph: _Graph, model_name: str) -> tuple[str, set
             f"{graph.source}: input nodes {names} normalise pixels with mean {mean.round(4).tolist()} and std "
             f"{std.round(4).tolist()}, but {model_name} expects mean {list(spec.mean)} std {list(spec.std)}"
         )
-    # The chain's output must feed the first conv; rewire consumers of the chain output to read the input.
+    # Only parameters are imported, so dropping the chain needs no graph rewriting.
     return "in-graph", set(chain)
 
 
@@ -346,9 +346,12 @@ def import_onnx(path: str | os.PathLike, model_name: str | None = None) -> OnnxI
             op = need("PRelu", slot)
             c = shapes[f"params/{slot.path}/negative_slope"][0]
             a = graph.const(op.node.input[1], op, "slope").astype(np.float32)
+            # ONNX broadcasting right-aligns the slope against NCHW: it is per channel only as [C,1,1]
+            # (what torch exports) or [1,C,1,1]; a plain [C] would vary along W. A single slope is shared.
+            shape4 = (1,) * (4 - a.ndim) + tuple(a.shape) if a.ndim <= 4 else a.shape
             if a.size == 1:
                 a = np.full((c,), float(a.reshape(())), np.float32)
-            if a.size != c or a.reshape(-1).shape != (c,) or (a.ndim > 1 and a.shape[0] not in (1, c)):
+            elif a.size != c or len(shape4) != 4 or shape4[1] != c:
                 raise OnnxImportError(
                     f"{source}: {op.label}: slope {op.node.input[1]!r} has shape {tuple(a.shape)}, expected {c} channels"
                 )

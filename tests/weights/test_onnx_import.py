@@ -159,3 +159,16 @@ def test_final_bn_folded_into_gemm_imports_as_identity_bn(tmp_path, rng):
     out = refs.run_flax("iresnet18", imported.variables, x)
     assert refs.rel_l2(out, _ort(path, np.ascontiguousarray(x.transpose(0, 3, 1, 2)))) <= 1e-5
     assert refs.rel_l2(out, want) <= 1e-5
+
+
+def test_prelu_slope_broadcast_along_width_is_rejected(tmp_path):
+    """A [C] PRelu slope broadcasts along W in ONNX (not per channel): refuse it, naming the node."""
+    path = _export(refs.make_reference("mobilefacenet"), tmp_path / "mbf.onnx")
+    model = onnx.load(str(path))
+    prelu = next(n for n in model.graph.node if n.op_type == "PRelu")
+    init = next(i for i in model.graph.initializer if i.name == prelu.input[1])
+    init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init).reshape(-1), init.name))
+    bad = tmp_path / "bad_prelu.onnx"
+    onnx.save(model, str(bad))
+    with pytest.raises(OnnxImportError, match=rf"PRelu .*slope '{prelu.input[1]}' has shape \(128,\)"):
+        load_onnx(bad)
