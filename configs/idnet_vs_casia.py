@@ -1,7 +1,7 @@
 """Preset: IDnet vs its real source (CASIA), as in "Unveiling Synthetic Faces" (Otroshi Shahreza & Marcel).
 
 What you bring (nothing is downloaded):
-* synthetic set: IDnet release (10.5k classes x 50), aligned 112x112 folders <class>/<image>, classes follow CASIA labels.
+* synthetic set: IDnet release (10.5k classes x 50), aligned 112x112 folders <class>/<image>, classes follow CASIA labels (class folders named by the CASIA label id; label_from=name).
   --config.data.synthetic.path=/data/idnet
 * real training images (members): see configs help in synleak_jax/attack/config.py
   (CASIA RecordIO: --config.data.members.path=/data/faces_webface_112x112/train.rec).
@@ -22,7 +22,8 @@ from synleak_jax.attack.config import unveiling_preset
 
 def get_config():
     c = unveiling_preset("idnet_vs_casia", "IDnet", "casia",
-                         "IDnet release (10.5k classes x 50), aligned 112x112 folders <class>/<image>, classes follow CASIA labels",
+                         "IDnet release (10.5k classes x 50), aligned 112x112 folders <class>/<image>, classes follow CASIA labels (class folders named by the CASIA label id; label_from=name)",
                          "IDnet was trained on all of CASIA: no CASIA non-members exist; leave empty (leakage only) or give outside faces (caveat)")
     c.attack.identity_relation = "on"
+    c.data.synthetic.label_from = "name"  # class folders named by CASIA label: 0 ... 10571
     return c

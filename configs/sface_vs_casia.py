@@ -1,7 +1,7 @@
 """Preset: SFace vs its real source (CASIA), as in "Unveiling Synthetic Faces" (Otroshi Shahreza & Marcel).
 
 What you bring (nothing is downloaded):
-* synthetic set: SFace release (10,572 classes x 10/20/40/60 images), aligned 112x112 folders <class>/<image>, class c generated from CASIA label c (folder names must sort like CASIA's labels).
+* synthetic set: SFace release (10,572 classes x 10/20/40/60 images), aligned 112x112 folders <class>/<image>, class c generated from CASIA label c (class folders named by the CASIA label id; label_from=name).
   --config.data.synthetic.path=/data/sface
 * real training images (members): see configs help in synleak_jax/attack/config.py
   (CASIA RecordIO: --config.data.members.path=/data/faces_webface_112x112/train.rec).
@@ -22,7 +22,8 @@ from synleak_jax.attack.config import unveiling_preset
 
 def get_config():
     c = unveiling_preset("sface_vs_casia", "SFace", "casia",
-                         "SFace release (10,572 classes x 10/20/40/60 images), aligned 112x112 folders <class>/<image>, class c generated from CASIA label c (folder names must sort like CASIA's labels)",
+                         "SFace release (10,572 classes x 10/20/40/60 images), aligned 112x112 folders <class>/<image>, class c generated from CASIA label c (class folders named by the CASIA label id; label_from=name)",
                          "SFace was trained on all of CASIA: there are no CASIA non-members; leave empty (leakage only) or give real faces of people outside CASIA (distribution-shift caveat)")
     c.attack.identity_relation = "on"
+    c.data.synthetic.label_from = "name"  # class folders named by CASIA label: 0 ... 10571
     return c

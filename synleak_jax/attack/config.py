@@ -16,6 +16,7 @@ def _data(name: str = "", kind: str = "image_folder", labelled: bool = True, des
     d.labelled = labelled  # use the source's class labels as identities
     d.tfds_data_dir = ""
     d.align = "none"  # none: already aligned face crops (resized only); mtcnn: detect + align (e.g. raw FFHQ)
+    d.label_from = "index"  # index: the source's labels; name: class folder names are integer identity ids
     d.description = description
     return d
 

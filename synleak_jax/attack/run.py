@@ -47,7 +47,8 @@ class DataSet:
     labelled: bool
     description: str
     align: str = "none"
-    issame: object = None  # verification pairs (calibration.source=verification_bin)
+    issame: object = None
+    label_from: str = "index"  # verification pairs (calibration.source=verification_bin)
 
 
 # ----------------------------------------------------------------------------------------------------- data
@@ -74,8 +75,10 @@ def open_dataset(role: str, dcfg) -> DataSet | None:
     labelled = bool(dcfg.labelled) and dcfg.kind in ("image_folder", "recordio", "tfds")
     if dcfg.align not in ("none", "mtcnn"):
         raise AuditError(f"--config.data.{role}.align={dcfg.align!r}: use 'none' (aligned crops) or 'mtcnn'")
+    if dcfg.label_from not in ("index", "name"):
+        raise AuditError(f"--config.data.{role}.label_from={dcfg.label_from!r}: use 'index' or 'name'")
     return DataSet(role, dcfg.name or os.path.basename(os.path.normpath(dcfg.path)), src, labelled,
-                   dcfg.description, dcfg.align)
+                   dcfg.description, dcfg.align, label_from=dcfg.label_from)
 
 
 # -------------------------------------------------------------------------------------------------- weights
@@ -207,8 +210,24 @@ def _cal_from_cache(value, arrays) -> C.Calibration:
 
 # ------------------------------------------------------------------------------------------------ analyses
 
-def _labels_or_none(store, labelled: bool):
-    return np.asarray(store.labels, np.int64) if labelled else None
+def _labels_or_none(store, ds: DataSet):
+    """Identity labels of a store's rows, or None for unlabelled sets. With ``label_from="name"`` the class
+    folder names are the identity ids (SFace/IDnet class folders named by CASIA label: "0", "1", ..., "10571",
+    whose sorted order differs from their numeric order)."""
+    if not ds.labelled:
+        return None
+    lab = np.asarray(store.labels, np.int64)
+    if ds.label_from == "index":
+        return lab
+    names = getattr(ds.source, "class_names", None)
+    if not names:
+        raise AuditError(f"--config.data.{ds.role}.label_from=name needs an image folder with class folders")
+    try:
+        ids = np.asarray([int(n) for n in names], np.int64)
+    except ValueError:
+        bad = next(n for n in names if not n.strip().lstrip("-").isdigit())
+        raise AuditError(f"--config.data.{ds.role}.label_from=name: class folder {bad!r} is not an integer id") from None
+    return np.where(lab >= 0, ids[np.maximum(lab, 0)], -1)
 
 
 def analyse_matcher(cfg, name: str, metric: str, stores: dict, datasets: dict, spec, cache: StageCache) -> dict:
@@ -223,17 +242,17 @@ def analyse_matcher(cfg, name: str, metric: str, stores: dict, datasets: dict, s
     # --- calibration
     ccfg = cfg.calibration
     if ccfg.source == "members":
-        cal_x, cal_lab = emb["members"], _labels_or_none(stores["members"], datasets["members"].labelled)
+        cal_x, cal_lab = emb["members"], _labels_or_none(stores["members"], datasets["members"])
         cal_desc = f"all image pairs of the members set ({datasets['members'].name})"
     elif ccfg.source == "nonmembers":
         if "nonmembers" not in emb:
             raise AuditError("--config.calibration.source=nonmembers but no non-members are configured")
-        cal_x, cal_lab = emb["nonmembers"], _labels_or_none(stores["nonmembers"], datasets["nonmembers"].labelled)
+        cal_x, cal_lab = emb["nonmembers"], _labels_or_none(stores["nonmembers"], datasets["nonmembers"])
         cal_desc = f"all image pairs of the non-members set ({datasets['nonmembers'].name})"
     elif ccfg.source == "real_all":
         parts = [r for r in ("members", "nonmembers") if r in emb]
         cal_x = np.concatenate([emb[r] for r in parts])
-        labs = [_labels_or_none(stores[r], datasets[r].labelled) for r in parts]
+        labs = [_labels_or_none(stores[r], datasets[r]) for r in parts]
         if all(lb is not None for lb in labs):
             off = 0
             shifted = []
@@ -301,8 +320,8 @@ def analyse_matcher(cfg, name: str, metric: str, stores: dict, datasets: dict, s
                              emb["nonmembers"], k, metric)
     timings["neighbours"] = time.time() - t0
 
-    syn_labels = _labels_or_none(stores["synthetic"], datasets["synthetic"].labelled)
-    mem_labels = _labels_or_none(stores["members"], datasets["members"].labelled)
+    syn_labels = _labels_or_none(stores["synthetic"], datasets["synthetic"])
+    mem_labels = _labels_or_none(stores["members"], datasets["members"])
 
     leaks = []
     for t in cal.thresholds:
@@ -313,7 +332,7 @@ def analyse_matcher(cfg, name: str, metric: str, stores: dict, datasets: dict, s
     # matches members and non-members alike; leakage shows as members matched far more often.
     leaks_control = []
     if nb_non is not None:
-        non_labels = _labels_or_none(stores["nonmembers"], datasets["nonmembers"].labelled)
+        non_labels = _labels_or_none(stores["nonmembers"], datasets["nonmembers"])
         for t in cal.thresholds:
             leaks_control.append(L.leakage_at(nb_non, t.tau, fmr=t.fmr, source=t.source, real_labels=non_labels))
 

@@ -352,3 +352,31 @@ def test_presets_load_and_are_consistent(name):
     assert all(0 < f < 1 for f in c.attack.fmrs) and c.output_dir.startswith("synleak_out/")
     if name != "demo":
         assert "--config.data.synthetic.path" in doc and "--config.data.members.path" in doc
+
+
+def test_label_from_folder_names(tmp_path):
+    """SFace/IDnet class folders are named by CASIA label ("0", "1", "10", "2" sort as strings): label_from=name
+    maps every image to the integer in its folder name."""
+    import types
+
+    from synleak_jax.attack.config import base_config
+    from synleak_jax.attack.run import AuditError, _labels_or_none, open_dataset
+
+    img = np.zeros((8, 8), np.uint8)
+    for name in ("0", "1", "10", "2"):
+        for k in range(2):
+            _write_png(str(tmp_path / "syn" / name / f"{k}.png"), img)
+    cfg = base_config()
+    cfg.data.synthetic.path = str(tmp_path / "syn")
+    cfg.data.synthetic.label_from = "name"
+    ds = open_dataset("synthetic", cfg.data.synthetic)
+    src_labels = ds.source.labels()
+    store = types.SimpleNamespace(labels=src_labels)
+    got = _labels_or_none(store, ds)
+    want = [int(ds.source.class_names[c]) for c in src_labels]
+    np.testing.assert_array_equal(got, want)
+    assert sorted(set(got.tolist())) == [0, 1, 2, 10]
+    _write_png(str(tmp_path / "syn" / "x" / "0.png"), img)
+    ds = open_dataset("synthetic", cfg.data.synthetic)
+    with pytest.raises(AuditError, match="class folder 'x' is not an integer id"):
+        _labels_or_none(types.SimpleNamespace(labels=ds.source.labels()), ds)
