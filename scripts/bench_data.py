@@ -119,6 +119,7 @@ def main():
     ap.add_argument("--n_large", type=int, default=60)
     ap.add_argument("--workers", default="0,2")
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--batch_large", type=int, default=8, help="batch size for the 1024x1024 cases")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -140,9 +141,11 @@ def main():
             t_ref, _ = time_it(lambda: plain_loop(paths, resize), args.repeats)
             case = {"n": len(src), "avg_file_bytes": int(np.mean([os.path.getsize(p) for p in paths])),
                     "plain_pil_img_s": len(src) / t_ref, "pipeline": {}}
+            bs = args.batch_large if resize else args.batch
+            case["batch_size"] = bs
             for w in workers:
-                run_pipeline(src, w, args.batch, align_fn)  # warm-up (page cache, imports)
-                runs = [run_pipeline(src, w, args.batch, align_fn) for _ in range(args.repeats)]
+                run_pipeline(src, w, bs, align_fn)  # warm-up (page cache, imports)
+                runs = [run_pipeline(src, w, bs, align_fn) for _ in range(args.repeats)]
                 total = statistics.median(a + b for a, b, _ in runs)
                 steady = statistics.median(c / b for _, b, c in runs if b > 0) if any(r[1] > 0 for r in runs) else 0.0
                 case["pipeline"][f"workers={w}"] = {

@@ -13,6 +13,7 @@ import os
 from typing import Iterator
 
 import numpy as np
+from absl import logging
 
 from synleak_jax.data import decode, rejects, safe_paths
 
@@ -111,6 +112,8 @@ def _scan_files(root_real: str, rel_dir: str, under_link: bool, recursive: bool,
                 continue
             if link and not safe_paths.is_within(root_real, e.path):
                 # Never descend into a directory outside the root: its contents are not listed.
+                logging.warning("skipping directory %s: symlink to %s, outside the dataset root %s",
+                                e.path, os.path.realpath(e.path), root_real)
                 skipped[0] += 1
                 continue
             _scan_files(root_real, rel, under_link or link, recursive, out, skipped)

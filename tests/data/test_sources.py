@@ -51,6 +51,14 @@ def test_flat_folder_nested_sorted_unlabelled(tmp_path, rng):
     assert got == ["00000/00000.png", "00000/00001.png", "01000/01000.PNG", "top.jpg"]
     assert all(src.label(i) == -1 for i in range(len(src))) and src.num_classes is None
     assert [src[i] for i in range(len(src))] == [data[r] for r in got]
+    # A symlinked directory leaving the root is never entered; one inside the root is listed.
+    fixtures.write(str(tmp_path.parent / f"{tmp_path.name}_outside" / "x.png"), data[rels[0]])
+    os.symlink(str(tmp_path.parent / f"{tmp_path.name}_outside"), str(tmp_path / "zz_out"))
+    os.symlink(str(tmp_path / "00000"), str(tmp_path / "zz_in"))
+    src2 = sources.FlatFolderSource(str(tmp_path))
+    assert [src2.relpath(i) for i in range(len(src2))] == got + ["zz_in/00000.png", "zz_in/00001.png"]
+    assert src2.num_skipped == src.num_skipped + 1
+    assert src2[5] == data["00000/00001.png"]
 
 
 def test_missing_and_empty_roots_name_the_path(tmp_path):
