@@ -38,7 +38,7 @@ def default_config() -> ConfigDict:
     c.knn.selection = "tiled"
     c.knn.tile = 32
     c.knn.query_block = 0  # 0 = search.exact.default_blocks() for the backend (CPU 1024, GPU 4096)
-    c.knn.db_block = 0  # 0 = default (CPU 8192, GPU 65536)
+    c.knn.db_block = 0  # 0 = default (CPU 2048, GPU 65536)
     c.knn.write_block = 16384  # queries per output part (the unit of resume)
     c.knn.sharded = False  # shard the database over all devices (sharded_exact_topk)
     return c

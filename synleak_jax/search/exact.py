@@ -162,9 +162,10 @@ def check_k(k: Any, ndb: int, name: str = "k") -> int:
 
 
 def default_blocks() -> tuple[int, int]:
-    """(query_block, db_block) for the default backend. CPU: 1024 x 8192 (score tile 32 MiB, cache-friendly);
-    GPU/TPU: 4096 x 65536 (1 GiB tile: ~275 GFLOP per matmul at D=512, so per-iteration overhead is noise)."""
-    return (1024, 8192) if jax.default_backend() == "cpu" else (4096, 65536)
+    """(query_block, db_block) for the default backend. CPU: 1024 x 2048 (measured fastest of 2048/4096/8192 on
+    the 2-core Xeon, 4096 x 200k x 512, see BENCHMARKS.md); GPU/TPU: 4096 x 65536 (1 GiB tile: ~275 GFLOP per
+    matmul at D=512, so per-iteration overhead is noise; not measured yet)."""
+    return (1024, 2048) if jax.default_backend() == "cpu" else (4096, 65536)
 
 
 def default_chunk_rows(bdb: int, d: int) -> int:
@@ -413,7 +414,7 @@ def exact_topk(queries, database, k: int, *, query_block: int | None = None, db_
       queries: [nq, D] array or array-like (float; numpy, jax, memmap, embedding store `.embeddings`).
       database: [ndb, D] array or array-like.
       k: neighbours per query, 1 <= k <= ndb.
-      query_block, db_block: tile shape (rows); None = `default_blocks()` (CPU 1024 x 8192, GPU 4096 x 65536).
+      query_block, db_block: tile shape (rows); None = `default_blocks()` (CPU 1024 x 2048, GPU 4096 x 65536).
         Memory is O(query_block * db_block + nq * k).
       precision: "float32" (float32 matmuls, HIGHEST) or "bf16_certified" (bf16 screening pass + float32
         rescoring of k + margin candidates per query, certified by an error bound; uncertified queries are
