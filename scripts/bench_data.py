@@ -98,13 +98,14 @@ def time_it(fn, repeats):
     return statistics.median(times), times
 
 
-def run_pipeline(src, workers, batch, align_fn=None):
+def run_pipeline(src, workers, batch, align_fn=None, threads=0):
     """Returns (seconds to the first batch, seconds for the remaining images, number of remaining images)."""
     n = 0
     t0 = time.perf_counter()
     t_first = None
     n_first = 0
-    for b in pipeline.make_pipeline(src, SPEC, batch, num_workers=workers, align_fn=align_fn, log_every_s=0):
+    for b in pipeline.make_pipeline(src, SPEC, batch, num_workers=workers, align_fn=align_fn, log_every_s=0,
+                                    read_threads=threads):
         n += int(b["valid"].sum())
         if t_first is None:
             t_first, n_first = time.perf_counter(), n
@@ -117,7 +118,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n_small", type=int, default=3000)
     ap.add_argument("--n_large", type=int, default=60)
-    ap.add_argument("--workers", default="0,2")
+    ap.add_argument("--workers", default="1,2", help="grain worker-process counts (0 = in-process) to time")
+    ap.add_argument("--threads", default="2", help="in-process decode thread counts to time besides 0")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--batch_large", type=int, default=8, help="batch size for the 1024x1024 cases")
     ap.add_argument("--repeats", type=int, default=3)
@@ -125,7 +127,8 @@ def main():
     args = ap.parse_args()
     flags.FLAGS.mark_as_parsed()
     rng = np.random.default_rng(0)
-    workers = [int(w) for w in args.workers.split(",")]
+    workers = [int(w) for w in args.workers.split(",") if w]
+    threads = [int(t) for t in args.threads.split(",") if t]
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
                "load_avg_start": os.getloadavg(), "cases": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,12 +146,13 @@ def main():
                     "plain_pil_img_s": len(src) / t_ref, "pipeline": {}}
             bs = args.batch_large if resize else args.batch
             case["batch_size"] = bs
-            for w in workers:
-                run_pipeline(src, w, bs, align_fn)  # warm-up (page cache, imports)
-                runs = [run_pipeline(src, w, bs, align_fn) for _ in range(args.repeats)]
+            configs = [(0, 0)] + [(0, t) for t in threads if t] + [(w, 0) for w in workers if w]
+            for w, th in configs:
+                run_pipeline(src, w, bs, align_fn, th)  # warm-up (page cache, imports)
+                runs = [run_pipeline(src, w, bs, align_fn, th) for _ in range(args.repeats)]
                 total = statistics.median(a + b for a, b, _ in runs)
                 steady = statistics.median(c / b for _, b, c in runs if b > 0) if any(r[1] > 0 for r in runs) else 0.0
-                case["pipeline"][f"workers={w}"] = {
+                case["pipeline"][f"workers={w},threads={th}"] = {
                     "img_s_end_to_end": len(src) / total, "ratio_vs_plain": t_ref / total,
                     "img_s_after_first_batch": steady, "steady_ratio_vs_plain": steady / case["plain_pil_img_s"],
                     "seconds_to_first_batch": statistics.median(a for a, _, _ in runs)}

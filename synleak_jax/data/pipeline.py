@@ -191,7 +191,7 @@ class Pipeline:
     def __init__(self, source, spec, batch_size: int, process_index: int = 0, process_count: int = 1,
                  num_workers: int = 0, *, align_fn: AlignFn | None = None, shard: str = "contiguous",
                  max_pixels: int = decode.DEFAULT_MAX_PIXELS, normalize: bool = True, start_batch: int = 0,
-                 read_threads: int = 0, worker_buffer: int = 2, log_every_s: float = 30.0):
+                 read_threads: int | None = None, worker_buffer: int = 2, log_every_s: float = 30.0):
         if isinstance(spec, str):
             from synleak_jax.models.registry import get_spec
             spec = get_spec(spec)
@@ -211,6 +211,11 @@ class Pipeline:
         self.start_batch = int(start_batch)
         self._load = LoadRecord(source, self.ids, spec.height, spec.width, align_fn, max_pixels)
         self._collate = CollateNormalize(spec, normalize)
+        if read_threads is None:
+            # PIL releases the GIL while decoding, so decode threads help in-process (measured 1.3x for
+            # 112px JPEGs, 1.9x for 1024px PNGs on 2 cores); inside worker processes keep one thread each.
+            import os
+            read_threads = min(4, os.cpu_count() or 1) if self.num_workers == 0 else 0
         self.read_threads, self.worker_buffer = int(read_threads), int(worker_buffer)
         self.log_every_s = log_every_s
 
@@ -259,7 +264,9 @@ def make_pipeline(source, spec, batch_size: int, process_index: int = 0, process
       batch_size: rows per batch (the last batch is padded with record_id -1, valid False).
       process_index, process_count: e.g. ``jax.process_index(), jax.process_count()``.
       num_workers: grain worker processes for decoding (0 = in this process).
-      kwargs: align_fn, shard ("contiguous"/"strided"), max_pixels, normalize, start_batch, read_threads.
+      kwargs: align_fn, shard ("contiguous"/"strided"), max_pixels, normalize, start_batch, read_threads
+        (decode threads per process; default min(4, cpus) without workers, 0 inside workers; batches and
+        their order do not depend on it).
     """
     return Pipeline(source, spec, batch_size, process_index, process_count, num_workers, **kwargs)
 

@@ -131,6 +131,16 @@ def test_reject_entries_and_jsonl(tmp_path, rng):
     assert rejects.read_rejects(path) == entries
 
 
+def test_read_threads_do_not_change_batches(rng):
+    src = _source(rng, n=30)
+    a = list(pipeline.make_pipeline(src, SPEC, 4, read_threads=0))
+    b = list(pipeline.make_pipeline(src, SPEC, 4, read_threads=3))
+    assert len(a) == len(b) == 8
+    for x, y in zip(a, b):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+
+
 def test_resume_from_start_batch(rng):
     src = _source(rng, n=10, bad=())
     full = list(pipeline.make_pipeline(src, SPEC, 3))
