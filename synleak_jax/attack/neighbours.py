@@ -9,9 +9,9 @@ from the original embeddings (score = cosine, or -distance), so reports carry ex
 from __future__ import annotations
 
 import numpy as np
-from absl import logging
 
 from synleak_jax.attack import scores as S
+from synleak_jax.search import exact_topk
 
 
 class _Augmented:
@@ -35,31 +35,6 @@ class _Augmented:
 
     def __array__(self, dtype=None, copy=None):
         return self[:]
-
-
-def _exact_topk():
-    try:
-        from synleak_jax.search import exact_topk  # engineer F's blockwise exact search
-        return exact_topk
-    except ImportError:
-        return None
-
-
-def _fallback_topk(queries, database, k, block: int = 4096):
-    """Numpy blockwise exact top-k (used only while ``search.exact_topk`` is unavailable)."""
-    nq = queries.shape[0]
-    best_s = np.full((nq, 0), -np.inf, np.float32)
-    best_i = np.zeros((nq, 0), np.int64)
-    q = np.asarray(queries[:], np.float32)
-    for s0 in range(0, database.shape[0], block):
-        d = np.asarray(database[s0 : s0 + block], np.float32)
-        sc = q @ d.T
-        cs = np.concatenate([best_s, sc], axis=1)
-        ci = np.concatenate([best_i, np.broadcast_to(np.arange(s0, s0 + d.shape[0]), sc.shape)], axis=1)
-        order = np.lexsort((ci, -cs), axis=1)[:, :k]  # descending score, ties by lower index
-        best_s = np.take_along_axis(cs, order, 1)
-        best_i = np.take_along_axis(ci, order, 1)
-    return best_s, best_i.astype(np.int32)
 
 
 def gather_rows(x, idx: np.ndarray) -> np.ndarray:
@@ -94,15 +69,11 @@ def topk_scores(queries, database, k: int, metric: str) -> tuple[np.ndarray, np.
     k = int(min(k, database.shape[0]))
     if k < 1 or queries.shape[0] == 0:
         return np.zeros((queries.shape[0], 0)), np.zeros((queries.shape[0], 0), np.int64)
-    fn = _exact_topk()
-    if fn is None:
-        logging.warning("synleak_jax.search.exact_topk unavailable; using the slow numpy fallback")
-        fn = _fallback_topk
     if metric == "euclidean":
         q, d = _Augmented(queries, True), _Augmented(database, False)
     else:
         q, d = queries, database
-    _, idx = fn(q, d, k)
+    _, idx = exact_topk(q, d, k)
     idx = np.asarray(idx, np.int64)
     # Rescore exactly in float64 and re-sort (float32 near-ties may have swapped neighbours).
     qf = np.asarray(queries[:], np.float64)
