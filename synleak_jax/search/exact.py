@@ -37,6 +37,7 @@ from jax import lax
 
 PRECISIONS = ("float32", "bf16_certified")
 SELECTIONS = ("top_k", "tiled")
+SCREENS = ("groups", "candidates")
 
 _HIGHEST = lax.Precision.HIGHEST
 _NEG_INF = float("-inf")
@@ -406,7 +407,7 @@ def search_engine(queries, database, k: int, *, query_block: int, db_block: int,
 
 def exact_topk(queries, database, k: int, *, query_block: int | None = None, db_block: int | None = None,
                precision: str = "float32", selection: str = "tiled", tile: int = 32, margin: int = 32,
-               db_chunk_rows: int | None = None, query_chunk_rows: int | None = None,
+               screen: str = "groups", group: int = 16, db_chunk_rows: int | None = None, query_chunk_rows: int | None = None,
                return_stats: bool = False):
     """Exact inner-product top-k of each query against the database.
 
@@ -440,11 +441,13 @@ def exact_topk(queries, database, k: int, *, query_block: int | None = None, db_
         s, i, _, _ = search_engine(queries, database, k, precision="float32", tau=None, **kw)
         stats.queries = s.shape[0]
     else:
-        from synleak_jax.search.certified import certified_topk
+        from synleak_jax.search.certified import certified_topk, grouped_certified_topk
 
         q, db = Source(queries, "queries"), Source(database, "database")
+        if screen not in SCREENS:
+            raise ValueError(f"screen must be one of {SCREENS}, got {screen!r}")
 
-        def screen(kk):
+        def screen_candidates(kk):
             s, i, _, dmax = search_engine(q, db, kk, precision="bf16_screen", tau=None, **kw)
             return s, i, dmax
 
@@ -453,7 +456,13 @@ def exact_topk(queries, database, k: int, *, query_block: int | None = None, db_
                                        **kw)
             return s, i
 
-        s, i = certified_topk(q, db, k, margin, screen, exact_rows, stats)
+        if screen == "groups":
+            check_common(q, db)
+            s, i = grouped_certified_topk(
+                q, db, k, margin, group, query_block if query_block is not None else 2048,
+                db_block if db_block is not None else 2048, exact_rows, stats)
+        else:
+            s, i = certified_topk(q, db, k, margin, screen_candidates, exact_rows, stats)
     stats.seconds = time.perf_counter() - t0
     if return_stats:
         return s, i, stats
