@@ -92,3 +92,69 @@ def test_mixed_queries_sliceable_inputs_and_errors(rng):
 
     with pytest.raises(ValueError, match="margin must be a non-negative integer"):
         exact_topk(q, db, 3, precision="bf16_certified", margin=-1)
+
+
+# ---------------------------------------------------------------------------------------- group-max screen
+
+
+def test_grouped_screen_near_ties_partial_groups_equal_float32(rng):
+    """ndb is neither a multiple of the group (16) nor of db_block: the padded tail group and the padded tile
+    must never be returned; near-tie queries are refused and recomputed, random ones are certified."""
+    q_tie, db = _near_tie(rng, 10, 3001, 48, cluster=500)
+    q_rand = rng.standard_normal((13, 48)).astype(np.float32)
+    q = np.concatenate([q_tie, q_rand])
+    s32, i32 = exact_topk(q, db, 7, query_block=8, db_block=256)
+    s, i, stats = exact_topk(q, db, 7, query_block=32, db_block=512, precision="bf16_certified",
+                             screen="groups", group=16, margin=6, return_stats=True)
+    assert_topk_matches(s, i, q, db, 7)
+    np.testing.assert_array_equal(i[:10], i32[:10])  # tie queries: recomputed by the float32 kernel itself
+    sep = np.abs(s32 - s) < 1e-6
+    assert (i[sep] == i32[sep]).all()
+    assert stats.queries == 23
+    assert 10 <= stats.fallback_queries < 23  # all tie queries refused, the random ones mostly certified
+
+
+def test_grouped_screen_matches_float64_without_fallback(rng):
+    """Normalised random data with a generous margin: every query certified, result = float64 brute force."""
+    q = rng.standard_normal((40, 64)).astype(np.float32)
+    db = rng.standard_normal((5000, 64)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    s, i, stats = exact_topk(q, db, 5, precision="bf16_certified", group=8, margin=60, query_block=64,
+                             db_block=1024, return_stats=True)
+    assert_topk_matches(s, i, q, db, 5)
+    assert stats.fallback_queries == 0
+
+
+def test_grouped_screen_small_database_all_groups_and_exact_ties(rng):
+    """More groups requested than exist (nothing discarded, m_b = -inf), duplicated rows (exact float32 ties ->
+    lower index first) and k = ndb."""
+    db = rng.standard_normal((37, 16)).astype(np.float32)
+    db[20] = db[3]
+    db[30] = db[3]
+    q = np.concatenate([db[3:4], rng.standard_normal((4, 16)).astype(np.float32)])
+    s, i, stats = exact_topk(q, db, 37, precision="bf16_certified", group=4, margin=5, return_stats=True)
+    assert_topk_matches(s, i, q, db, 37)
+    assert list(i[0, :3]) == [3, 20, 30]
+    assert stats.fallback_queries == 0
+    s32, i32 = exact_topk(q, db, 37)
+    np.testing.assert_array_equal(np.sort(i, axis=1), np.sort(i32, axis=1))
+
+
+def test_screens_agree_and_bad_arguments(rng):
+    q = rng.standard_normal((9, 24)).astype(np.float32)
+    db = rng.standard_normal((700, 24)).astype(np.float32)
+    a = exact_topk(q, db, 4, precision="bf16_certified", screen="groups", margin=8)
+    b = exact_topk(q, db, 4, precision="bf16_certified", screen="candidates", margin=8)
+    assert_topk_matches(*a, q, db, 4)
+    assert_topk_matches(*b, q, db, 4)
+    import pytest
+
+    with pytest.raises(ValueError, match="screen must be one of"):
+        exact_topk(q, db, 3, precision="bf16_certified", screen="nope")
+    with pytest.raises(ValueError, match="group must be a positive integer"):
+        exact_topk(q, db, 3, precision="bf16_certified", group=0)
+    with pytest.raises(ValueError, match="row 5 contains NaN"):
+        bad = db.copy()
+        bad[5, 2] = np.nan
+        exact_topk(q, bad, 3, precision="bf16_certified")
