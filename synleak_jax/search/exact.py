@@ -35,7 +35,7 @@ import numpy as np
 from absl import logging
 from jax import lax
 
-PRECISIONS = ("float32", "bf16_certified")
+PRECISIONS = ("float32", "bf16_certified", "auto")
 SELECTIONS = ("top_k", "tiled")
 SCREENS = ("groups", "candidates")
 
@@ -167,6 +167,12 @@ def default_blocks() -> tuple[int, int]:
     the 2-core Xeon, 4096 x 200k x 512, see BENCHMARKS.md); GPU/TPU: 4096 x 65536 (1 GiB tile: ~275 GFLOP per
     matmul at D=512, so per-iteration overhead is noise; not measured yet)."""
     return (1024, 2048) if jax.default_backend() == "cpu" else (4096, 65536)
+
+
+def auto_precision() -> str:
+    """precision="auto": "bf16_certified" on CPU (measured faster than float32 on the AMX-bf16 Xeon, and exact:
+    certificate + float32 fallback, see BENCHMARKS.md), "float32" elsewhere (GPU not measured yet)."""
+    return "bf16_certified" if jax.default_backend() == "cpu" else "float32"
 
 
 def default_chunk_rows(bdb: int, d: int) -> int:
@@ -417,12 +423,16 @@ def exact_topk(queries, database, k: int, *, query_block: int | None = None, db_
       k: neighbours per query, 1 <= k <= ndb.
       query_block, db_block: tile shape (rows); None = `default_blocks()` (CPU 1024 x 2048, GPU 4096 x 65536).
         Memory is O(query_block * db_block + nq * k).
-      precision: "float32" (float32 matmuls, HIGHEST) or "bf16_certified" (bf16 screening pass + float32
-        rescoring of k + margin candidates per query, certified by an error bound; uncertified queries are
-        recomputed in float32). Both return the float32 result.
+      precision: "float32" (float32 matmuls, HIGHEST), "bf16_certified" (bf16 screening pass + float32
+        rescoring, certified per query by an error bound; uncertified queries are recomputed in float32) or
+        "auto" (`auto_precision()`: bf16_certified on CPU, float32 elsewhere). All return the float32 result.
+        bf16_certified with screen="groups" holds the whole database on the device (float32 + bfloat16 copy).
+      screen: bf16_certified screening: "groups" (default; maximum per group of `group` rows, the k + margin
+        best groups rescored whole) or "candidates" (per-tile top-(k + margin + 1) rows, streams the database).
+      group: rows per group for screen="groups" (query_block defaults to 2048 there).
       selection: "tiled" (exact two-level selection, cheaper on CPU) or "top_k" (one lax.top_k per tile row).
       tile: columns per tile for selection="tiled".
-      margin: extra screening candidates per query for bf16_certified.
+      margin: extra screening candidates (screen="candidates": rows, "groups": groups) per query.
       db_chunk_rows, query_chunk_rows: rows per host->device transfer (default: database ~16 MiB on CPU,
         ~64 MiB on accelerators; queries ~64 MiB).
       return_stats: also return a SearchStats (fallback counts of the certified mode).
@@ -434,6 +444,8 @@ def exact_topk(queries, database, k: int, *, query_block: int | None = None, db_
     t0 = time.perf_counter()
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        precision = auto_precision()
     kw = dict(query_block=query_block, db_block=db_block, selection=selection, tile=tile,
               db_chunk_rows=db_chunk_rows, query_chunk_rows=query_chunk_rows)
     stats = SearchStats()

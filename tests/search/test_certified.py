@@ -158,3 +158,14 @@ def test_screens_agree_and_bad_arguments(rng):
         bad = db.copy()
         bad[5, 2] = np.nan
         exact_topk(q, bad, 3, precision="bf16_certified")
+
+
+def test_auto_precision_is_exact(rng):
+    from synleak_jax.search.exact import auto_precision
+
+    q = rng.standard_normal((6, 32)).astype(np.float32)
+    db = rng.standard_normal((900, 32)).astype(np.float32)
+    s, i, stats = exact_topk(q, db, 5, precision="auto", return_stats=True)
+    assert auto_precision() == "bf16_certified"  # tests run on CPU
+    assert_topk_matches(s, i, q, db, 5)
+    assert stats.queries == 6
