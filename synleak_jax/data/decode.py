@@ -99,11 +99,29 @@ def decode_rgb(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise rejects.RecordError(rejects.TOO_MANY_PIXELS, f"{where}: {e}") from None
     except Image.UnidentifiedImageError:
-        raise rejects.RecordError(rejects.NOT_AN_IMAGE, where) from None
+        code = rejects.TRUNCATED if _missing_end_marker(data) else rejects.NOT_AN_IMAGE
+        raise rejects.RecordError(code, where) from None
     except Exception as e:  # PIL raises OSError/SyntaxError/ValueError/struct.error on corrupt data
         msg = str(e)
-        code = rejects.TRUNCATED if "truncated" in msg.lower() else rejects.NOT_AN_IMAGE
+        truncated = "truncated" in msg.lower() or _missing_end_marker(data)
+        code = rejects.TRUNCATED if truncated else rejects.NOT_AN_IMAGE
         raise rejects.RecordError(code, f"{where}: {type(e).__name__}: {msg}") from None
     if size is not None:
         rgb = resize_rgb(rgb, size[0], size[1])
     return rgb
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _missing_end_marker(data: bytes) -> bool:
+    """True for a JPEG (SOI ... EOI) or PNG (signature ... IEND) whose end marker is missing: a cut-off file.
+
+    Why not PIL's message: where the cut lands (inside the headers or the entropy-coded data) decides which
+    exception PIL raises, so the message alone would call the same truncation "not an image" half the time.
+    """
+    if data[:2] == b"\xff\xd8":
+        return b"\xff\xd9" not in data[-64:]
+    if data[:8] == _PNG_SIGNATURE:
+        return b"IEND" not in data[-64:]
+    return False

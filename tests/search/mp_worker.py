@@ -20,6 +20,7 @@ def main():
     rng = np.random.default_rng(seed)
     q = rng.standard_normal((45, 24)).astype(np.float32)
     db = rng.standard_normal((2003, 24)).astype(np.float32)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
     db[300:330] = db[5]  # exact ties spanning devices
     q[:3] = db[5]
     n = len(jax.devices())

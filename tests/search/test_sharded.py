@@ -86,6 +86,7 @@ def _worker_data(seed):  # must mirror mp_worker.py
     rng = np.random.default_rng(seed)
     q = rng.standard_normal((45, 24)).astype(np.float32)
     db = rng.standard_normal((2003, 24)).astype(np.float32)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)  # unit rows: the planted copy of db[5] is the top-1
     db[300:330] = db[5]
     q[:3] = db[5]
     return q, db
