@@ -77,14 +77,16 @@ class IBasicBlock(nn.Module):
         y = BatchNorm(name="bn2", **bn)(y)
         y = PReLU(param_dtype=self.param_dtype, name="prelu")(y)
         y = torch_conv(self.features, 3, self.stride, 1, name="conv2", **conv)(y)
-        y = BatchNorm(name="bn3", **bn)(y)
+        # The residual stream stays float32 (convs still compute in ``dtype``): rounding the running sum to
+        # bf16 after every block compounds over depth (r200 has 96 blocks).
+        y = BatchNorm(name="bn3", dtype=jnp.float32, param_dtype=self.param_dtype)(y)
         if self.downsample:
             x = torch_conv(self.features, 1, self.stride, 0, name="downsample_conv", **conv)(x)
-            x = BatchNorm(name="downsample_bn", **bn)(x)
+            x = BatchNorm(name="downsample_bn", dtype=jnp.float32, param_dtype=self.param_dtype)(x)
         elif self.stride > 1:
             # AdaFace's shortcut when channels do not change: MaxPool2d(kernel 1, stride) == subsampling.
             x = x[:, :: self.stride, :: self.stride, :]
-        return y + x.astype(y.dtype)
+        return y + x.astype(jnp.float32)
 
 
 class IResNet(nn.Module):
