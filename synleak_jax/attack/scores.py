@@ -164,6 +164,24 @@ def _pad_rows(x: np.ndarray, multiple: int, fill=0) -> np.ndarray:
     return np.pad(x, pad, constant_values=fill)
 
 
+def _column_block_pairs(qa, ql, qv, rows, db, dl, dv, j, *, block, metric, mode):
+    """Scores of a row block against column block ``j`` and its impostor / genuine pair masks.
+
+    qa [B, D], ql [B], qv [B], rows [B] global row indices; db [M, D], dl [M], dv [M]. Returns s [B, B]
+    float32 and imp, gen [B, B] bool. In "self" mode only pairs i < j count (each unordered pair once).
+    """
+    b = jax.lax.dynamic_slice_in_dim(db, j * block, block)
+    bl = jax.lax.dynamic_slice_in_dim(dl, j * block, block)
+    bv = jax.lax.dynamic_slice_in_dim(dv, j * block, block)
+    s = _pair_scores(qa, b, metric)
+    valid = qv[:, None] & bv[None, :]
+    if mode == "self":
+        cols = j * block + jnp.arange(block)
+        valid = valid & (rows[:, None] < cols[None, :])
+    same = ql[:, None] == bl[None, :]
+    return s, valid & ~same, valid & same
+
+
 @functools.partial(jax.jit, static_argnames=("nbins", "block", "metric", "mode", "collect_cap"))
 def _row_block_kernel(
     qa, ql, qv, q0, db, dl, dv, lo, inv_w, r1_lo, r1_inv_w, r1_bin, r2_lo, r2_inv_w, r2_bin, *,
@@ -186,18 +204,8 @@ def _row_block_kernel(
 
     def body(j, carry):
         h_imp, h_gen, mom, buf, fill = carry
-        b = jax.lax.dynamic_slice_in_dim(db, j * block, block)
-        bl = jax.lax.dynamic_slice_in_dim(dl, j * block, block)
-        bv = jax.lax.dynamic_slice_in_dim(dv, j * block, block)
-        s = _pair_scores(qa, b, metric)
-        valid = qv[:, None] & bv[None, :]
-        if mode == "self":
-            cols = j * block + jnp.arange(block)
-            valid = valid & (rows[:, None] < cols[None, :])
-        same = ql[:, None] == bl[None, :]
-        imp = valid & ~same
-        gen = valid & same
-        keep = jnp.ones_like(valid)
+        s, imp, gen = _column_block_pairs(qa, ql, qv, rows, db, dl, dv, j, block=block, metric=metric, mode=mode)
+        keep = jnp.ones_like(imp)
         keep = jnp.where(r1_bin >= 0, keep & (_bin_index(s, r1_lo, r1_inv_w, nbins) == r1_bin), keep)
         keep = jnp.where(r2_bin >= 0, keep & (_bin_index(s, r2_lo, r2_inv_w, nbins) == r2_bin), keep)
         imp = imp & keep
@@ -419,18 +427,10 @@ def _count_above_kernel(qa, ql, qv, q0, db, dl, dv, taus, *, block, metric, mode
 
     def body(j, carry):
         ci, cg = carry
-        b = jax.lax.dynamic_slice_in_dim(db, j * block, block)
-        bl = jax.lax.dynamic_slice_in_dim(dl, j * block, block)
-        bv = jax.lax.dynamic_slice_in_dim(dv, j * block, block)
-        s = _pair_scores(qa, b, metric)
-        valid = qv[:, None] & bv[None, :]
-        if mode == "self":
-            cols = j * block + jnp.arange(block)
-            valid = valid & (rows[:, None] < cols[None, :])
-        same = ql[:, None] == bl[None, :]
+        s, imp, gen = _column_block_pairs(qa, ql, qv, rows, db, dl, dv, j, block=block, metric=metric, mode=mode)
         above = s[None] > taus[:, None, None]  # [T, B, B]
-        ci = ci + jnp.sum(above & (valid & ~same)[None], axis=(1, 2), dtype=jnp.int32)
-        cg = cg + jnp.sum(above & (valid & same)[None], axis=(1, 2), dtype=jnp.int32)
+        ci = ci + jnp.sum(above & imp[None], axis=(1, 2), dtype=jnp.int32)
+        cg = cg + jnp.sum(above & gen[None], axis=(1, 2), dtype=jnp.int32)
         return ci, cg
 
     z = jnp.zeros(taus.shape, jnp.int32)
@@ -460,16 +460,9 @@ def _collect_multi_kernel(qa, ql, qv, q0, db, dl, dv, lo, inv_w, bin_mask, *, nb
 
     def body(j, carry):
         buf, bbuf, fill = carry
-        b = jax.lax.dynamic_slice_in_dim(db, j * block, block)
-        bl = jax.lax.dynamic_slice_in_dim(dl, j * block, block)
-        bv = jax.lax.dynamic_slice_in_dim(dv, j * block, block)
-        s = _pair_scores(qa, b, metric)
-        valid = qv[:, None] & bv[None, :]
-        if mode == "self":
-            cols = j * block + jnp.arange(block)
-            valid = valid & (rows[:, None] < cols[None, :])
+        s, imp, _ = _column_block_pairs(qa, ql, qv, rows, db, dl, dv, j, block=block, metric=metric, mode=mode)
         idx = _bin_index(s, lo, inv_w, nbins)
-        m = (valid & (ql[:, None] != bl[None, :]) & bin_mask[idx]).reshape(-1)
+        m = (imp & bin_mask[idx]).reshape(-1)
         pos = fill + jnp.cumsum(m.astype(jnp.int32)) - 1
         pos = jnp.where(m, pos, cap)
         buf = buf.at[pos].set(s.reshape(-1), mode="drop")
