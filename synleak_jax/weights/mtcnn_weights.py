@@ -8,6 +8,8 @@ one orbax checkpoint per network into the cache directory:
   ``$SYNLEAK_CACHE/mtcnn`` (or ``~/.cache/synleak_jax/mtcnn``)/
       ``pnet/``, ``rnet/``, ``onet/``   ``weights.orbax_io`` directories of ``{"params": ...}`` + metadata
       ``manifest.json``                 source wheel, per-file sha256, variable shapes, format version
+      ``wheel/facenet_pytorch-*.whl``   the wheel itself, kept for the tests that run facenet-pytorch's own
+                                        ``detect_face`` as the reference (never installed or imported here)
 
 :func:`load_mtcnn_variables` restores them and checks them against the Flax modules' shapes.
 """
@@ -34,8 +36,7 @@ from synleak_jax.weights.mapping import (
 
 FORMAT_VERSION = 2  # 2: one weights.orbax_io directory per net
 NET_NAMES = ("pnet", "rnet", "onet")
-# Expected sha256 of the three files in facenet-pytorch 2.6.0 (recorded when the converter was written,
-# used to say whether a wheel carries the known weights; other versions are accepted but flagged).
+WHEEL_SUBDIR = "wheel"  # <cache>/wheel/: the source wheel, kept (see cached_wheel)
 FETCH_HINT = "run `synleak-fetch-mtcnn` (downloads the facenet-pytorch wheel with pip and converts its MTCNN weights)"
 
 # Layers of each net in the original state dict: (name, kind). kinds: conv (OIHW weight + bias),
@@ -58,6 +59,28 @@ def cache_dir() -> Path:
     root = os.environ.get("SYNLEAK_CACHE")
     base = Path(root).expanduser() if root else Path.home() / ".cache" / "synleak_jax"
     return base / "mtcnn"
+
+
+def cached_wheel(directory: Path | None = None) -> Path | None:
+    """The facenet-pytorch wheel kept in ``<cache>/wheel/`` by ``synleak-fetch-mtcnn``, or None."""
+    directory = Path(directory) if directory is not None else cache_dir()
+    wheels = sorted((directory / WHEEL_SUBDIR).glob("*.whl"))
+    return wheels[0] if len(wheels) == 1 else None
+
+
+def wheel_hashes(wheel_path: str | Path) -> dict[str, str]:
+    """sha256 of ``facenet_pytorch/data/{pnet,rnet,onet}.pt`` inside a wheel (zipfile only)."""
+    import zipfile
+
+    with zipfile.ZipFile(wheel_path) as zf:
+        names = set(zf.namelist())
+        out = {}
+        for net in NET_NAMES:
+            member = f"facenet_pytorch/data/{net}.pt"
+            if member not in names:
+                raise WeightMappingError(f"{wheel_path}: no {member} inside (not a facenet-pytorch wheel?)")
+            out[f"{net}.pt"] = _sha256(zf.read(member))
+    return out
 
 
 def expected_shapes(net: str) -> dict[str, tuple[int, ...]]:

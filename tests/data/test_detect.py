@@ -20,28 +20,9 @@ from PIL import Image
 
 from synleak_jax.data import detect
 from synleak_jax.models import mtcnn, registry
-from synleak_jax.weights import mtcnn_weights
+from tests.data.detect_fixtures import detector, lfw_canvas  # noqa: F401  (detector: fixture)
 
 skimage_data = pytest.importorskip("skimage.data")
-
-
-@pytest.fixture(scope="module")
-def detector():
-    try:
-        return detect.MTCNNDetector(mtcnn_weights.load_mtcnn_variables())
-    except FileNotFoundError as e:
-        pytest.fail(f"{e}\n(the detection tests need the converted weights: run `synleak-fetch-mtcnn` first)")
-
-
-def lfw_canvas(ids, size=112, shape=(400, 600), gap=(60, 80), background=90):
-    """LFW-subset faces (25x25 grayscale) upscaled to ``size`` and pasted on a flat canvas, 3 per row."""
-    lfw = skimage_data.lfw_subset()
-    canvas = np.full(shape + (3,), background, np.uint8)
-    for k, i in enumerate(ids):
-        face = np.asarray(Image.fromarray((lfw[i] * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC))
-        y, x = 30 + (k // 3) * (size + gap[0]), 20 + (k % 3) * (size + gap[1])
-        canvas[y:y + size, x:x + size] = face[..., None]
-    return canvas
 
 
 def faceie_detect(img):
