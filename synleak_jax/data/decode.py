@@ -11,6 +11,11 @@ Choices (documented in docs/data.md):
   downscaling (``Image.draft``) to the smallest scale still >= the target, which is both faster and a
   box-like prefilter.
 * EXIF orientation is not applied: pixels are used as stored (face datasets are stored upright).
+* Fast JPEG path: when ``simplejpeg`` (libjpeg-turbo) is importable, baseline/progressive YCbCr and grayscale
+  JPEGs that need no DCT downscaling are decoded by it (~1.5x faster than PIL for 112x112 files, pixels
+  identical to PIL's, tested). Everything else, and every JPEG it refuses or warns about (it runs in strict
+  mode: corrupt, truncated, CMYK/YCCK/RGB-coded), goes through PIL, so rejects are classified by the PIL path
+  alone. Without ``simplejpeg`` the PIL path decodes everything.
 """
 
 from __future__ import annotations
@@ -23,8 +28,23 @@ from PIL import Image
 
 from synleak_jax.data import rejects
 
+try:
+    import simplejpeg as _simplejpeg
+except ImportError:  # optional: the PIL path decodes everything
+    _simplejpeg = None
+
 #: Default limit on width*height (64 Mpixel: 8k x 8k), far above any face dataset image.
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+
+#: JPEG colour spaces (simplejpeg header names) whose RGB conversion in libjpeg-turbo equals PIL's.
+_FAST_COLORSPACES = ("YCbCr", "Gray")
+
+
+def jpeg_decoder() -> str:
+    """Name of the decoder used for the JPEGs the fast path accepts: ``"simplejpeg X.Y"`` or ``"PIL"``."""
+    if _simplejpeg is None:
+        return "PIL"
+    return f"simplejpeg {getattr(_simplejpeg, '__version__', '?')}"
 
 
 def _pil_to_rgb_array(img: Image.Image, where: str) -> np.ndarray:
@@ -80,6 +100,42 @@ def decode_rgb(
     """
     if not data:
         raise rejects.RecordError(rejects.EMPTY_FILE, where)
+    if _simplejpeg is not None and data[:3] == b"\xff\xd8\xff":
+        rgb = _decode_jpeg_fast(data, where, size, max_pixels)
+        if rgb is not None:
+            return rgb if size is None else resize_rgb(rgb, size[0], size[1])
+    return _decode_pil(data, where, size, max_pixels)
+
+
+def _decode_jpeg_fast(
+    data: bytes, where: str, size: tuple[int, int] | None, max_pixels: int
+) -> np.ndarray | None:
+    """simplejpeg decode of a JPEG to uint8 RGB ``[H, W, 3]``, or None where the PIL path must decode it.
+
+    Returns None (never a different answer than PIL) for: headers simplejpeg cannot read, colour spaces other
+    than YCbCr/gray (PIL converts CMYK/YCCK its own way), images PIL would DCT-downscale (``draft`` picks a
+    scale libjpeg-turbo's size-based choice may not match), sizes PIL's own bomb check must judge, and any
+    decode error or libjpeg warning (strict mode), so reject codes come from the PIL path only.
+    """
+    try:
+        h, w, colorspace, _ = _simplejpeg.decode_jpeg_header(data)
+    except Exception:  # unreadable header: PIL classifies it
+        return None
+    if w * h > max_pixels:  # checked before any pixel is decoded, same message as the PIL path
+        raise rejects.RecordError(rejects.TOO_MANY_PIXELS, f"{where}: {w}x{h} > {max_pixels} pixels")
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    if colorspace not in _FAST_COLORSPACES or (pil_limit and w * h > pil_limit):
+        return None
+    if size is not None and w >= 2 * size[1] and h >= 2 * size[0]:
+        return None
+    try:
+        return _simplejpeg.decode_jpeg(data, "RGB")
+    except Exception:  # corrupt/truncated data or a libjpeg warning: PIL classifies it
+        return None
+
+
+def _decode_pil(data: bytes, where: str, size: tuple[int, int] | None, max_pixels: int) -> np.ndarray:
+    """The PIL decode path of :func:`decode_rgb` (every format, every reject classification)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -126,38 +126,58 @@ class LoadRecord:
 class CollateNormalize:
     """Picklable batch function: list of per-record dicts -> the batch dict (normalised float32 images).
 
-    Normalisation goes through a ``[256, 3]`` float32 lookup table built with ``spec.normalize`` itself, one
-    image at a time into a preallocated batch (cache-friendly, ~4x faster than normalising the stacked
-    batch); the result is bit-identical to ``spec.normalize`` (checked at construction, with a fallback).
+    Normalisation is ``(x - mean) / std`` in float32, one image at a time into its slot of the batch (each image
+    stays in cache), on flat contiguous arrays: the uint8 pixels are cast to float32 in place (channels permuted
+    to the model's order by three strided column copies when it is BGR), then one subtraction of the tiled
+    ``mean`` and one division by the tiled ``std``. numpy never iterates a length-3 inner axis, which made
+    ``(img[..., ::-1] - mean) / std`` ~5x slower. These are the float32 ops of ``spec.normalize``, so the result
+    is bit-identical to it (checked at construction on a probe, with a fallback to ``spec.normalize`` for specs
+    that are not a per-channel affine map of the levels).
     """
 
     def __init__(self, spec, normalize: bool = True):
         self.spec = spec
         self.normalize = normalize
-        self._lut = None
-        if normalize:
-            levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
-            lut = np.asarray(spec.normalize(levels[None])[0], dtype=np.float32)  # [256, 3] model order
-            self._bgr = getattr(spec, "channel_order", "RGB") == "BGR"
-            # flat[k*256 + v]: normalised value of level v of SOURCE channel k (channel flip applied after).
-            flat = np.ascontiguousarray((lut[:, ::-1] if self._bgr else lut).T).reshape(-1)
-            self._lut, self._offs = flat, np.arange(3, dtype=np.uint16) * 256
+        self._affine = False
+        if normalize and hasattr(spec, "mean") and hasattr(spec, "std"):
+            self._mean = np.asarray(spec.mean, np.float32).reshape(3)  # model channel order
+            self._std = np.asarray(spec.std, np.float32).reshape(3)
+            # Source (RGB) channel read for each model channel; None = same order.
+            self._src = (2, 1, 0) if getattr(spec, "channel_order", "RGB") == "BGR" else None
             probe = np.random.default_rng(0).integers(0, 256, (4, 5, 3), dtype=np.uint8)
-            if not np.array_equal(self._lut_one(probe), np.asarray(spec.normalize(probe), dtype=np.float32)):
-                self._lut = None  # spec is not a per-channel map of levels: use spec.normalize
+            got = np.empty(probe.shape, np.float32)
+            self._affine_one(probe, got, *self._tables(4 * 5))
+            self._affine = np.array_equal(got, np.asarray(spec.normalize(probe), dtype=np.float32))
 
-    def _lut_one(self, img: np.ndarray) -> np.ndarray:
-        y = np.take(self._lut, img + self._offs)  # uint16 indices, contiguous gather
-        return y[..., ::-1] if self._bgr else y
+    def _tables(self, pixels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mean tiled float32 [pixels*3], std tiled float32 [pixels*3], scratch float32 [pixels, 3])."""
+        return np.tile(self._mean, pixels), np.tile(self._std, pixels), np.empty((pixels, 3), np.float32)
+
+    def _affine_one(self, img: np.ndarray, out: np.ndarray, mean_flat: np.ndarray, std_flat: np.ndarray,
+                    scratch: np.ndarray) -> None:
+        """``out[h, w, c] = (img[h, w, src[c]] - mean[c]) / std[c]``; img uint8 [H,W,3], out float32 [H,W,3]."""
+        flat = out.reshape(-1)
+        if self._src is None:
+            flat[...] = img.reshape(-1)
+        else:
+            scratch[...] = img.reshape(-1, 3)  # contiguous uint8 -> float32 cast, then float column copies
+            dst = out.reshape(-1, 3)
+            for c in range(3):
+                dst[:, c] = scratch[:, self._src[c]]
+        np.subtract(flat, mean_flat, out=flat)
+        np.divide(flat, std_flat, out=flat)
 
     def _normalize_rows(self, rows: list[dict], valid: np.ndarray) -> np.ndarray:
         h, w, _ = rows[0]["image"].shape
-        out = np.zeros((len(rows), h, w, 3), np.float32)  # padding / rejected rows stay 0
+        out = np.empty((len(rows), h, w, 3), np.float32)
+        tables = self._tables(h * w) if self._affine else None
         for i, r in enumerate(rows):
             if not valid[i]:
-                continue
-            img, o = r["image"], out[i]
-            o[...] = self.spec.normalize(img) if self._lut is None else self._lut_one(img)
+                out[i] = 0  # padding / rejected rows are zeros
+            elif tables is not None:
+                self._affine_one(r["image"], out[i], *tables)
+            else:
+                out[i] = self.spec.normalize(r["image"])
         return out
 
     def __call__(self, rows: list[dict]) -> dict:
