@@ -1,11 +1,13 @@
 """MTCNN detection pipeline: pieces vs independent references, end to end vs faceie (pure-numpy MTCNN).
 
-faceie runs the same released weights (its own converted copy) but a different pipeline: pyramid from
-the full image with factor sqrt(2)-ish, PIL bilinear crops, inclusive box corners. We run it with the
-closest settings to facenet-pytorch's (factor 1/0.709, first level at scale ~0.7, thresholds
-0.6/0.7/0.7, NMS 0.5/0.7/0.7, no rotations). Its networks must agree with ours to float precision on the
-same crops; end to end the face count must agree, and boxes/landmarks within 8% of the face size (the
-resampling differences move them by up to ~5 px on 80 px faces; docs/detection.md has the figures).
+The exact end-to-end reference is facenet-pytorch's own ``detect_face`` (test_detect_facenet_pytorch.py).
+faceie is a second, looser cross-check: the same released weights (its own converted copy) in a different
+pipeline (pyramid by repeated PIL resizes of the full image, first level at scale ~0.71, PIL bicubic crops
+from a pyramid level, crop window [x1, x2 + 1) where facenet-pytorch crops [x1 - 1, x2), plain IoU NMS at
+the end). We run it with the closest settings (factor 1/0.709, thresholds 0.6/0.7/0.7, NMS 0.5/0.7/0.7, no
+rotations). Its networks must agree with ours to float precision on the same crops; end to end the face
+count must agree, and boxes/landmarks within 8% of the face size: each of those pipeline differences alone
+moves MTCNN's output by 1-5 px on 70-155 px faces (docs/detection.md section 5 has the breakdown).
 """
 
 from __future__ import annotations
