@@ -1,5 +1,7 @@
 """Pipeline: every record reaches exactly one batch across processes and worker counts; batch contract."""
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -92,6 +94,57 @@ def test_images_normalised_by_spec(rng, order):
         np.testing.assert_array_equal(b["image"][i], spec.normalize(x))  # bit-identical to the spec
     assert b["valid"].tolist() == [True, True, True, False]
     assert b["label"].tolist() == [-1, -1, -1, -1]
+
+
+@pytest.mark.parametrize("order", ["BGR", "RGB"])
+def test_jpeg_batches_same_with_and_without_simplejpeg(rng, monkeypatch, order):
+    """112x112 JPEGs (the fast path) + bad files: the same batches with simplejpeg and with PIL alone, and
+    every image bit-identical to spec.normalize of PIL's decode."""
+    from synleak_jax.data import decode
+    spec = InputSpec(112, 112, order, tuple(rng.uniform(0, 255, 3)), tuple(rng.uniform(1, 130, 3)), 16, "cosine",
+                     "arcface112")
+    imgs = [fixtures.encode(fixtures.random_rgb(rng, 112, 112), "JPEG", quality=int(q), subsampling=int(s))
+            for q, s in zip(rng.integers(50, 100, 9), rng.integers(0, 3, 9))]
+    imgs[3] = imgs[3][: len(imgs[3]) // 2]  # truncated
+    imgs[6] = b"\xff\xd8\xffnot a jpeg\xff\xd9"  # JPEG magic and end marker, garbage between
+    src = sources.ArraySource(imgs)
+    fast = list(pipeline.make_pipeline(src, spec, 4, read_threads=2))
+    monkeypatch.setattr(decode, "_simplejpeg", None)
+    slow = list(pipeline.make_pipeline(src, spec, 4, read_threads=2))
+    assert len(fast) == len(slow) == 3
+    for a, b in zip(fast, slow):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    image = np.concatenate([b["image"] for b in fast])
+    codes = np.concatenate([b["reject_code"] for b in fast])
+    assert codes[:9].tolist() == [0, 0, 0, rejects.TRUNCATED, 0, 0, rejects.NOT_AN_IMAGE, 0, 0]
+    for i, data in enumerate(imgs):
+        if codes[i] == 0:
+            rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+            np.testing.assert_array_equal(image[i], spec.normalize(rgb))
+        else:
+            assert (image[i] == 0).all()
+    assert (image[9:] == 0).all()  # padding
+
+
+class _GammaSpec:
+    """A spec whose normalisation is not a per-channel affine map of the levels (the collate falls back)."""
+
+    height, width, channel_order, mean, std = 8, 6, "RGB", (0.0,) * 3, (1.0,) * 3
+
+    def normalize(self, rgb):
+        return (np.asarray(rgb, np.float32) / np.float32(255)) ** np.float32(2.2)
+
+
+def test_non_affine_spec_falls_back_to_its_normalize(rng):
+    rgbs = [fixtures.random_rgb(rng, 8, 6) for _ in range(3)]
+    src = sources.ArraySource([fixtures.encode(x, "PNG") for x in rgbs])
+    collate = pipeline.CollateNormalize(_GammaSpec())
+    assert not collate._affine
+    b = next(iter(pipeline.make_pipeline(src, _GammaSpec(), 4)))
+    for i, x in enumerate(rgbs):
+        np.testing.assert_array_equal(b["image"][i], _GammaSpec().normalize(x))
+    assert (b["image"][3] == 0).all()
 
 
 def test_resize_to_spec_and_align_hook(rng):
