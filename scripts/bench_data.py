@@ -14,6 +14,10 @@ file sizes and decode costs resemble real face images. Reports medians over repe
 pipeline/reference ratio, both end to end (including worker start-up, ~1-2 s per run here) and after the
 first batch (steady state, what matters for a 500k-image dataset). num_workers=0 decodes in the calling process (one core); num_workers=k uses k
 grain worker processes (the main process also works to assemble batches).
+Also reported, for the reference and the in-process configurations: images per CPU-second of this process
+(``time.process_time``, all its threads), which a shared, loaded machine distorts much less than wall time
+(the ratio of the two shows how much of a core the run actually got). The JPEG decoder in use
+(``decode.jpeg_decoder()``: simplejpeg when installed, else PIL) is printed and stored in the JSON.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
-from synleak_jax.data import align, pipeline, sources
+from synleak_jax.data import align, decode, pipeline, sources
 from synleak_jax.models.registry import InputSpec
 
 SPEC = InputSpec(112, 112, "BGR", (127.5,) * 3, (127.5,) * 3, 512, "cosine", "arcface112")
@@ -90,17 +94,21 @@ class FixedLandmarkAlign:
 
 
 def time_it(fn, repeats):
-    times = []
+    """(median wall seconds, median CPU seconds of this process) over ``repeats`` calls."""
+    times, cpus = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+        cpus.append(time.process_time() - c0)
+    return statistics.median(times), statistics.median(cpus)
 
 
 def run_pipeline(src, workers, batch, align_fn=None, threads=0):
-    """Returns (seconds to the first batch, seconds for the remaining images, number of remaining images)."""
+    """Returns (seconds to the first batch, seconds for the remaining images, number of remaining images,
+    CPU seconds of this process for the whole run)."""
     n = 0
+    c0 = time.process_time()
     t0 = time.perf_counter()
     t_first = None
     n_first = 0
@@ -110,8 +118,9 @@ def run_pipeline(src, workers, batch, align_fn=None, threads=0):
         if t_first is None:
             t_first, n_first = time.perf_counter(), n
     t_end = time.perf_counter()
+    cpu = time.process_time() - c0
     assert n == len(src), (n, len(src))
-    return t_first - t0, t_end - t_first, n - n_first
+    return t_first - t0, t_end - t_first, n - n_first, cpu
 
 
 def main():
@@ -130,7 +139,8 @@ def main():
     workers = [int(w) for w in args.workers.split(",") if w]
     threads = [int(t) for t in args.threads.split(",") if t]
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
-               "load_avg_start": os.getloadavg(), "cases": {}}
+               "jpeg_decoder": decode.jpeg_decoder(), "load_avg_start": os.getloadavg(), "cases": {}}
+    print("JPEG decoder:", results["jpeg_decoder"], "| load average:", results["load_avg_start"], flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         small, large = os.path.join(tmp, "small"), os.path.join(tmp, "large")
         make_small(small, args.n_small, rng)
@@ -141,21 +151,27 @@ def main():
         for name, src, resize, align_fn in cases:
             paths = [src.path(i) for i in range(len(src))]
             plain_loop(paths[:20], resize)  # warm up the page cache and PIL plugins
-            t_ref, _ = time_it(lambda: plain_loop(paths, resize), args.repeats)
+            t_ref, cpu_ref = time_it(lambda: plain_loop(paths, resize), args.repeats)
             case = {"n": len(src), "avg_file_bytes": int(np.mean([os.path.getsize(p) for p in paths])),
-                    "plain_pil_img_s": len(src) / t_ref, "pipeline": {}}
+                    "plain_pil_img_s": len(src) / t_ref, "plain_pil_img_per_cpu_s": len(src) / cpu_ref,
+                    "pipeline": {}}
             bs = args.batch_large if resize else args.batch
             case["batch_size"] = bs
             configs = [(0, 0)] + [(0, t) for t in threads if t] + [(w, 0) for w in workers if w]
             for w, th in configs:
                 run_pipeline(src, w, bs, align_fn, th)  # warm-up (page cache, imports)
                 runs = [run_pipeline(src, w, bs, align_fn, th) for _ in range(args.repeats)]
-                total = statistics.median(a + b for a, b, _ in runs)
-                steady = statistics.median(c / b for _, b, c in runs if b > 0) if any(r[1] > 0 for r in runs) else 0.0
-                case["pipeline"][f"workers={w},threads={th}"] = {
-                    "img_s_end_to_end": len(src) / total, "ratio_vs_plain": t_ref / total,
-                    "img_s_after_first_batch": steady, "steady_ratio_vs_plain": steady / case["plain_pil_img_s"],
-                    "seconds_to_first_batch": statistics.median(a for a, _, _ in runs)}
+                total = statistics.median(a + b for a, b, _, _ in runs)
+                steady = (statistics.median(c / b for _, b, c, _ in runs if b > 0)
+                          if any(r[1] > 0 for r in runs) else 0.0)
+                res = {"img_s_end_to_end": len(src) / total, "ratio_vs_plain": t_ref / total,
+                       "img_s_after_first_batch": steady, "steady_ratio_vs_plain": steady / case["plain_pil_img_s"],
+                       "seconds_to_first_batch": statistics.median(a for a, _, _, _ in runs)}
+                if w == 0:  # worker processes' CPU time is not this process's: reported for in-process only
+                    cpu = statistics.median(r[3] for r in runs)
+                    res["img_per_cpu_s"] = len(src) / cpu
+                    res["cpu_ratio_vs_plain"] = cpu_ref / cpu
+                case["pipeline"][f"workers={w},threads={th}"] = res
             results["cases"][name] = case
             print(name, json.dumps(case, indent=1), flush=True)
     results["load_avg_end"] = os.getloadavg()
