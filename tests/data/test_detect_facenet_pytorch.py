@@ -28,7 +28,6 @@ import io
 import sys
 import types
 import zipfile
-from pathlib import Path
 from unittest import mock
 
 import numpy as np
