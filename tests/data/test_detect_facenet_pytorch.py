@@ -27,8 +27,8 @@ import importlib.util
 import io
 import sys
 import types
+import contextlib
 import zipfile
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -74,6 +74,22 @@ def _torchvision_stand_in() -> dict[str, types.ModuleType]:
     return {m.__name__: m for m in (tv, ops, boxes, transforms, functional)}
 
 
+@contextlib.contextmanager
+def _temporary_modules(modules: dict[str, types.ModuleType], names: list[str]):
+    """Adds ``modules`` to sys.modules and afterwards removes them and ``names`` (modules executed inside),
+    restoring what was there before under those names; other entries (e.g. torch submodules imported
+    meanwhile) are left alone."""
+    keys = list(modules) + list(names)
+    saved = {k: sys.modules[k] for k in keys if k in sys.modules}
+    sys.modules.update(modules)
+    try:
+        yield
+    finally:
+        for k in keys:
+            sys.modules.pop(k, None)
+        sys.modules.update(saved)
+
+
 def _exec_source(name: str, source: str, origin: str) -> types.ModuleType:
     """Executes ``source`` as module ``name`` (registered in sys.modules, so relative imports resolve)."""
     spec = importlib.util.spec_from_loader(name, loader=None, origin=origin)
@@ -105,11 +121,12 @@ def facenet() -> FacenetPytorch:
         state = {n: torch.load(io.BytesIO(zf.read(f"facenet_pytorch/data/{n}.pt")), weights_only=True)
                  for n in mtcnn_weights.NET_NAMES}
     packages = {p: types.ModuleType(p) for p in (pkg, f"{pkg}.models", f"{pkg}.models.utils")}
-    # sys.modules is restored afterwards: nothing of this (or the torchvision stand-in) leaks to other tests.
-    with mock.patch.dict(sys.modules, {**_torchvision_stand_in(), **packages}):
-        df = _exec_source(f"{pkg}.models.utils.detect_face", src["models/utils/detect_face.py"],
+    executed = [f"{pkg}.models.utils.detect_face", f"{pkg}.models.mtcnn"]
+    # Nothing of this (nor the torchvision stand-in) stays in sys.modules for other tests.
+    with _temporary_modules({**_torchvision_stand_in(), **packages}, executed):
+        df = _exec_source(executed[0], src["models/utils/detect_face.py"],
                           f"{wheel}/facenet_pytorch/models/utils/detect_face.py")
-        models = _exec_source(f"{pkg}.models.mtcnn", src["models/mtcnn.py"], f"{wheel}/facenet_pytorch/models/mtcnn.py")
+        models = _exec_source(executed[1], src["models/mtcnn.py"], f"{wheel}/facenet_pytorch/models/mtcnn.py")
     nets = {}
     for name, cls in (("pnet", models.PNet), ("rnet", models.RNet), ("onet", models.ONet)):
         net = cls(pretrained=False)
@@ -177,6 +194,11 @@ def test_detector_matches_facenet_pytorch(detector, facenet, name):  # noqa: F81
     assert box_err <= TOL_PX, f"{name}: boxes differ by {box_err} px"
     assert lm_err <= TOL_PX, f"{name}: landmarks differ by {lm_err} px"
     assert score_err <= TOL_SCORE, f"{name}: scores differ by {score_err}"
+
+
+def test_reference_leaves_no_modules_behind(facenet):
+    assert not [m for m in sys.modules if m.startswith("_facenet_pytorch_from_wheel")]
+    assert getattr(sys.modules.get("torchvision.ops.boxes"), "batched_nms", None) is not batched_nms
 
 
 def test_batched_nms_stand_in_follows_torchvision_semantics():
