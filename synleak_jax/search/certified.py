@@ -88,78 +88,120 @@ def certified_topk(q, db, k: int, margin: int, screen, exact_rows, stats, rescor
 #
 # The per-tile top-(k + margin + 1) selection of the candidate screen above costs more than the bf16 matmul on
 # CPU. Here the screen keeps only the maximum bf16 score of every group of `group` consecutive database rows
-# (a reduction, no selection), for the whole database: [query_block, ndb / group] floats. One lax.top_k per query
-# block then picks the T = k + margin groups with the largest maxima; all T * group rows of those groups are
-# rescored exactly in float32 on the device (gather + dot, HIGHEST). Every row outside the chosen groups has a
-# screened score <= its group's maximum <= m_b := the (T+1)-th largest group maximum, so the certificate of the
-# module docstring applies unchanged with this m_b.
+# (a reduction, no selection). A running top-(T + 1) of the group maxima (T = k + margin) is merged once per
+# `MERGE_GROUPS` groups, so at most [query_block, MERGE_GROUPS] maxima exist at a time. All T * group rows of
+# the T best groups are rescored exactly in float32 on the device (gather + dot, HIGHEST). Every row outside the
+# chosen groups has a screened score <= its group's maximum <= m_b := the (T+1)-th largest group maximum, so the
+# certificate of the module docstring applies unchanged with this m_b.
+#
+# Memory: the float32 database is the only copy of it. It is put on the device whole (aliased, not copied, when
+# it is a 64-byte-aligned float32 numpy array on CPU, see hostmem.py) and every tile is converted to bfloat16
+# inside the scan (converting once per call would hold a second, bf16 copy: 0.5x the database). Group ids are
+# row // group; rows past the last whole tile are screened as one zero-padded tail tile built inside the
+# program, so the database is never padded.
+
+MERGE_GROUPS = 2048  # group maxima per running top-k merge (bounds the screen's scratch memory)
 
 
-def _screen_groups_impl(qf, db16, ndb, *, t: int, group: int, bdb: int):
+def _screen_groups_impl(qf, dbf, *, ndb: int, t: int, group: int, bdb: int, ct: int):
     """bf16 screen + group selection for one query block.
 
-    qf: [bq, D] float32 queries (bq a multiple of `sub`);
-    db16: [nb * bdb, D] bfloat16 database, zero-padded; ndb: int32 valid rows.
-    Returns (gv [bq, min(t + 1, groups)] f32 largest group maxima, descending; gsel [bq, min(t + 1, groups)]
-    int32 their group ids). gv[:, t] is m_b, the largest maximum of a group that is not rescored.
+    qf: [bq, D] float32 queries; dbf: [n, D] float32 database, n >= ndb (rows >= ndb are ignored);
+    bdb: rows per tile, a multiple of group; ct: tiles per running top-k merge.
+    Returns (gv [bq, t + 1] f32 largest group maxima, descending; gsel [bq, t + 1] int32 their group ids).
+    gv[:, t] is m_b, the largest maximum of a group that is not rescored. Entries past the number of groups
+    have gv = -inf and gsel = ceil(ndb / group) (no such group).
     """
     from jax import lax
     import jax.numpy as jnp
 
     bq, d = qf.shape
-    nb = db16.shape[0] // bdb
+    n = dbf.shape[0]
+    nbf = n // bdb  # whole tiles
     gpt = bdb // group  # groups per tile
+    n_groups = -(-ndb // group)
     q16 = qf.astype(jnp.bfloat16)
-    tiles = db16.reshape(nb, bdb, d)
 
-    def body(carry, j):
-        s = lax.dot_general(q16, tiles[j], (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-        return carry, s.reshape(bq, gpt, group).max(axis=2)
+    def group_max(rows, row0):
+        """[bq, rows.shape[0] / group] maxima of bf16 scores; groups starting at or past ndb -> -inf."""
+        s = lax.dot_general(q16, rows.astype(jnp.bfloat16), (((1,), (1,)), ((), ())),
+                            preferred_element_type=jnp.float32)
+        gm = s.reshape(bq, -1, group).max(axis=2)
+        gstart = row0 + group * jnp.arange(gm.shape[1], dtype=jnp.int32)
+        return jnp.where((gstart < ndb)[None, :], gm, -jnp.inf)
 
-    _, gm = lax.scan(body, None, jnp.arange(nb))  # [nb, bq, gpt]
-    gm = gm.transpose(1, 0, 2).reshape(bq, nb * gpt)
-    gstart = jnp.arange(nb * gpt, dtype=jnp.int32) * group
-    gm = jnp.where((gstart < ndb)[None, :], gm, -jnp.inf)  # groups made only of padding rows
-    ng = nb * gpt
-    tt = min(t + 1, ng)
-    # Returned whole: slicing top_k's outputs inside this program stops XLA CPU from rewriting the sort into its
-    # TopK kernel (measured 8x slower screen). The caller slices.
-    return lax.top_k(gm, tt)
+    def merge(run, gm, gid0):
+        rv, ri = run
+        v = jnp.concatenate([rv, gm], axis=1)  # running list first: ties keep the lower group id
+        ids = jnp.concatenate([ri, jnp.broadcast_to(gid0 + jnp.arange(gm.shape[1], dtype=jnp.int32),
+                                                     gm.shape)], axis=1)
+        tv, pos = lax.top_k(v, t + 1)
+        return tv, jnp.take_along_axis(ids, pos, axis=1)
+
+    run = (jnp.full((bq, t + 1), -jnp.inf, jnp.float32), jnp.full((bq, t + 1), n_groups, jnp.int32))
+    if nbf:
+        nsc = -(-nbf // ct)  # super-chunks of ct tiles (the last one may repeat a clamped tile, masked)
+        ct = -(-nbf // nsc)  # balanced: at most nsc - 1 wasted tiles
+
+        def outer(run, c):
+            def tile(_, j):
+                jj = c * ct + j
+                row0 = jnp.minimum(jj, nbf - 1) * bdb
+                gm = group_max(lax.dynamic_slice_in_dim(dbf, row0, bdb), row0)
+                return None, jnp.where(jj < nbf, gm, -jnp.inf)  # a repeated tile counts once
+
+            _, gm = lax.scan(tile, None, jnp.arange(ct))  # [ct, bq, gpt]
+            return merge(run, gm.transpose(1, 0, 2).reshape(bq, ct * gpt), c * ct * gpt), None
+
+        run, _ = lax.scan(outer, run, jnp.arange(nsc))
+    if n > nbf * bdb:  # tail rows, zero-padded to whole groups inside the program
+        tail = dbf[nbf * bdb:]
+        tail = jnp.pad(tail, ((0, (-tail.shape[0]) % group), (0, 0)))
+        run = merge(run, group_max(tail, nbf * bdb), nbf * gpt)
+    return run
 
 
-def _rescore_groups_impl(qf, dbf, gsel, ndb, *, k: int, t: int, group: int, sub: int):
-    """Exact float32 rescoring of whole row groups. qf [bq, D] f32; dbf [round_up(ndb, group), D] f32;
-    gsel [bq, >= min(t, groups)] int32 group ids by decreasing maximum (the first t are rescored). Returns (scores [bq, k] desc, indices [bq, k] int32; ties ->
-    lower index). Kept out of the screening jit: fused into one program, XLA CPU ran it ~5x slower (measured)."""
+def _rescore_groups_impl(qf, dbf, gsel, *, ndb: int, k: int, t: int, group: int, sub: int):
+    """Exact float32 rescoring of whole row groups.
+
+    qf [bq, D] f32; dbf [n, D] f32 with group <= n, rows >= ndb ignored; gsel [bq, >= t] int32 group ids by
+    decreasing maximum (the first t are rescored; ids >= ceil(ndb / group) are no group and never returned).
+    Returns (scores [bq, k] desc, indices [bq, k] int32; ties -> lower index). Kept out of the screening jit:
+    fused into one program, XLA CPU ran it ~5x slower (measured)."""
+    import jax
     from jax import lax
     import jax.numpy as jnp
 
     bq, d = qf.shape
+    n = dbf.shape[0]
     gsel = jnp.sort(gsel[:, :t], axis=1)  # index order, so top_k's lower-position rule = lower index
-    rows = (gsel[:, :, None] * group + jnp.arange(group, dtype=jnp.int32)).reshape(bq, -1)  # [bq, T*group]
-
-    dbg = dbf.reshape(dbf.shape[0] // group, group, d)  # [groups, group, D]; dbf is padded to a multiple
+    # A group is gathered as `group` rows from start = min(g * group, n - group): the last, partial group is
+    # read shifted back over its predecessor, whose rows (< g * group) are masked out, as are rows >= ndb.
+    first = gsel * group
+    start = jnp.minimum(first, n - group)
+    rows = start[:, :, None] + jnp.arange(group, dtype=jnp.int32)  # [bq, t, group]
+    valid = (rows >= first[:, :, None]) & (rows < ndb)
+    take = jax.vmap(jax.vmap(lambda s0: lax.dynamic_slice_in_dim(dbf, s0, group)))
 
     def rescore_sub(args):
-        qs, gs, rs = args  # [sub, D], [sub, T], [sub, T*group]
-        x = dbg[gs]  # [sub, T, group, D]: contiguous row groups, a cheap gather
-        sc = jnp.einsum("btgd,bd->btg", x, qs, precision=lax.Precision.HIGHEST,
-                        preferred_element_type=jnp.float32).reshape(qs.shape[0], -1)
+        qs, st, ok = args  # [sub, D], [sub, t], [sub, t, group]
+        sc = jnp.einsum("btgd,bd->btg", take(st), qs, precision=lax.Precision.HIGHEST,
+                        preferred_element_type=jnp.float32)
         sc = jnp.where(sc == 0.0, 0.0, sc)  # -0.0 -> +0.0 for the tie rule
-        return jnp.where(rs < ndb, sc, -jnp.inf)  # padding rows never win
+        return jnp.where(ok, sc, -jnp.inf)  # masked rows never win (k <= ndb valid rows are always rescored)
 
-    sc = lax.map(rescore_sub, (qf.reshape(bq // sub, sub, d), gsel.reshape(bq // sub, sub, -1),
-                               rows.reshape(bq // sub, sub, -1)))
-    sc = sc.reshape(bq, -1)
-    ts, pos = lax.top_k(sc, k)
-    return ts, jnp.take_along_axis(rows, pos, axis=1)
+    sc = lax.map(rescore_sub, (qf.reshape(bq // sub, sub, d), start.reshape(bq // sub, sub, t),
+                               valid.reshape(bq // sub, sub, t, group)))
+    ts, pos = lax.top_k(sc.reshape(bq, t * group), k)
+    return ts, jnp.take_along_axis(rows.reshape(bq, t * group), pos, axis=1)
 
 
 def grouped_certified_topk(q, db, k: int, margin: int, group: int, query_block: int, db_block: int,
                            exact_rows, stats, sub: int = 32):
     """Certified top-k with group-max screening. q, db: exact.Source; exact_rows(rows) -> float32 (scores, idx)
-    for those query rows (the fallback); stats: SearchStats. The database must fit in device memory (float32 +
-    a bfloat16 copy). Returns (scores [nq, k] float32, indices [nq, k] int32)."""
+    for those query rows (the fallback); stats: SearchStats. The float32 database must fit in device memory
+    (`Source.device_array`: aliased when aligned on CPU, else one copy). Returns (scores [nq, k] float32,
+    indices [nq, k] int32)."""
     import functools
 
     import jax
@@ -174,14 +216,16 @@ def grouped_certified_topk(q, db, k: int, margin: int, group: int, query_block: 
     t = k + int(margin)  # groups rescored per query
     bdb = _round_up(min(check_block(db_block, "db_block"), _round_up(db.n, group)), group)
     bq = _round_up(min(check_block(query_block, "query_block"), _round_up(q.n, sub)), sub)
-    nb = -(-db.n // bdb)
-    # float32 rows for the exact rescoring, zero-padded to whole groups (read() validates finiteness)
-    dbf = jax.device_put(db.read(0, db.n, pad_to=_round_up(db.n, group)))
-    db16, dmax2 = _to_bf16_padded(dbf, nb * bdb)
-    dmax = float(np.sqrt(float(dmax2)))
-    screen = functools.partial(_screen_groups, t=t, group=group, bdb=bdb)
-    rescore_fn = functools.partial(_rescore_groups, k=k, t=t, group=group, sub=sub)
-    ndb_arr = jnp.int32(db.n)
+    dbf = db.device_array()
+    dmax2 = float(_max_sq_norm(dbf))
+    if not np.isfinite(dmax2):
+        db.raise_if_nonfinite()  # names the NaN/inf row; if none, squares overflowed: every query falls back
+    if db.n < group:  # the rescoring gathers `group` rows at a time
+        dbf = jnp.pad(dbf, ((0, group - db.n), (0, 0)))
+    dmax = float(np.sqrt(dmax2))
+    screen = functools.partial(_screen_groups, ndb=db.n, t=t, group=group, bdb=bdb,
+                               ct=max(1, MERGE_GROUPS * group // bdb))
+    rescore_fn = functools.partial(_rescore_groups, ndb=db.n, k=k, t=t, group=group, sub=sub)
     c = relative_bound(q.d)
     out_s = np.empty((q.n, k), np.float32)
     out_i = np.empty((q.n, k), np.int32)
@@ -191,13 +235,13 @@ def grouped_certified_topk(q, db, k: int, margin: int, group: int, query_block: 
         b = min(q.n, a + bq)
         qb = q.read(a, b, pad_to=bq)
         qdev = jax.device_put(qb)
-        gv, gsel = screen(qdev, db16, ndb_arr)  # dispatched asynchronously
-        res = rescore_fn(qdev, dbf, gsel, ndb_arr) + (gv,)
+        gv, gsel = screen(qdev, dbf)  # dispatched asynchronously
+        res = rescore_fn(qdev, dbf, gsel) + (gv,)
         if pending is not None:
             _finish(pending, out_s, out_i, ok, c, dmax, t)
         pending = (a, b, np.asarray(qb, np.float32)[: b - a], res)
     _finish(pending, out_s, out_i, ok, c, dmax, t)
-    del dbf, db16
+    del dbf
     bad = np.nonzero(~ok)[0]
     if len(bad):
         fs, fi = exact_rows(bad)
@@ -213,24 +257,22 @@ def _finish(pending, out_s, out_i, ok, c, dmax, t):
     """Copy one block's result out and evaluate its certificate (float64): m_b + bound < k-th exact score."""
     a, b, qb, (ts, ti, gv) = pending
     n = b - a
-    gv = np.asarray(gv)
-    m_b = gv[:n, t] if gv.shape[1] > t else np.full(n, -np.inf)  # every group rescored: nothing discarded
+    m_b = np.asarray(gv)[:n, t]  # -inf when every group is rescored: nothing discarded
     out_s[a:b] = np.asarray(ts)[:n]
     out_i[a:b] = np.asarray(ti)[:n]
     bound = c * np.linalg.norm(qb.astype(np.float64), axis=1) * dmax
     ok[a:b] = m_b.astype(np.float64) + bound < out_s[a:b, -1].astype(np.float64)
 
 
-def _to_bf16_padded_impl(dbf, rows: int):
+def _max_sq_norm_impl(dbf):
+    """Largest squared row norm of [n, D] float32 (NaN when a row holds NaN: XLA's max propagates it)."""
     import jax.numpy as jnp
 
-    d16 = dbf.astype(jnp.bfloat16)
-    d16 = jnp.pad(d16, ((0, rows - dbf.shape[0]), (0, 0)))  # padding rows are zero (masked by group start)
-    return d16, jnp.max(jnp.sum(jnp.square(dbf), axis=1))
+    return jnp.max(jnp.sum(jnp.square(dbf), axis=1))
 
 
 import jax as _jax  # noqa: E402  (kept below the numpy-only helpers above)
 
-_to_bf16_padded = _jax.jit(_to_bf16_padded_impl, static_argnums=1)
-_screen_groups = _jax.jit(_screen_groups_impl, static_argnames=("t", "group", "bdb"))
-_rescore_groups = _jax.jit(_rescore_groups_impl, static_argnames=("k", "t", "group", "sub"))
+_max_sq_norm = _jax.jit(_max_sq_norm_impl)
+_screen_groups = _jax.jit(_screen_groups_impl, static_argnames=("ndb", "t", "group", "bdb", "ct"))
+_rescore_groups = _jax.jit(_rescore_groups_impl, static_argnames=("ndb", "k", "t", "group", "sub"))

@@ -35,6 +35,8 @@ import numpy as np
 from absl import logging
 from jax import lax
 
+from synleak_jax.search.hostmem import aligned_empty, is_aligned
+
 PRECISIONS = ("float32", "bf16_certified", "auto")
 SELECTIONS = ("top_k", "tiled")
 SCREENS = ("groups", "candidates")
@@ -126,6 +128,33 @@ class Source:
             blk = out
         return blk
 
+
+    def device_array(self, chunk_rows: int = 16384):
+        """All rows as one float32 jax array [n, D], with at most one host copy.
+
+        jax inputs are used as they are (cast to float32 if needed). A C-contiguous float32 numpy array or memmap
+        whose data is 64-byte aligned is aliased by the CPU backend, not copied (hostmem.py). Anything else
+        (np.load'ed arrays, other dtypes, embedding stores) is read in chunks into one aligned buffer, checking
+        finiteness. The first two kinds are not checked here: see `raise_if_nonfinite`.
+        """
+        x = self.x
+        if self.is_jax:
+            return x.astype(jnp.float32)
+        if isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous and is_aligned(x):
+            return jax.device_put(x)
+        logging.info("%s: copying %.0f MB into aligned memory (pass a 64-byte-aligned float32 array, e.g. "
+                     "np.load(path, mmap_mode='r') or search.hostmem.load_npy_aligned, to avoid the copy)",
+                     self.name, self.n * self.d * 4 / 2**20)
+        host = aligned_empty((self.n, self.d), np.float32)
+        for a in range(0, self.n, chunk_rows):
+            b = min(self.n, a + chunk_rows)
+            host[a:b] = self.read(a, b)
+        return jax.device_put(host)
+
+    def raise_if_nonfinite(self, chunk_rows: int = 16384) -> None:
+        """Raise ValueError naming the first row holding NaN or inf (reads the input in chunks)."""
+        for a in range(0, self.n, chunk_rows):
+            self.read(a, min(self.n, a + chunk_rows))
 
     def take(self, idx) -> np.ndarray:
         """Rows at the given indices (int [m], any order) as float32 numpy [m, D]; checks finiteness."""
@@ -426,7 +455,8 @@ def exact_topk(queries, database, k: int, *, query_block: int | None = None, db_
       precision: "float32" (float32 matmuls, HIGHEST), "bf16_certified" (bf16 screening pass + float32
         rescoring, certified per query by an error bound; uncertified queries are recomputed in float32) or
         "auto" (`auto_precision()`: bf16_certified on CPU, float32 elsewhere). All return the float32 result.
-        bf16_certified with screen="groups" holds the whole database on the device (float32 + bfloat16 copy).
+        bf16_certified with screen="groups" holds the whole float32 database on the device: on CPU a 64-byte
+        aligned float32 numpy array or memmap is used in place, other inputs are copied once (hostmem.py).
       screen: bf16_certified screening: "groups" (default; maximum per group of `group` rows, the k + margin
         best groups rescored whole) or "candidates" (per-tile top-(k + margin + 1) rows, streams the database).
       group: rows per group for screen="groups" (query_block defaults to 2048 there).
