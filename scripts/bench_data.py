@@ -157,10 +157,18 @@ def main():
                     "pipeline": {}}
             bs = args.batch_large if resize else args.batch
             case["batch_size"] = bs
-            configs = [(0, 0)] + [(0, t) for t in threads if t] + [(w, 0) for w in workers if w]
-            for w, th in configs:
-                run_pipeline(src, w, bs, align_fn, th)  # warm-up (page cache, imports)
-                runs = [run_pipeline(src, w, bs, align_fn, th) for _ in range(args.repeats)]
+            configs = [(0, 0, False)] + [(0, t, False) for t in threads if t] + [(w, 0, False) for w in workers if w]
+            if not resize and decode._simplejpeg is not None:
+                configs.append((0, 0, True))  # the same pipeline with PIL decoding every JPEG (A/B of the decoder)
+            for w, th, pil_only in configs:
+                sj = decode._simplejpeg
+                if pil_only:
+                    decode._simplejpeg = None
+                try:
+                    run_pipeline(src, w, bs, align_fn, th)  # warm-up (page cache, imports)
+                    runs = [run_pipeline(src, w, bs, align_fn, th) for _ in range(args.repeats)]
+                finally:
+                    decode._simplejpeg = sj
                 total = statistics.median(a + b for a, b, _, _ in runs)
                 steady = (statistics.median(c / b for _, b, c, _ in runs if b > 0)
                           if any(r[1] > 0 for r in runs) else 0.0)
@@ -171,11 +179,19 @@ def main():
                     cpu = statistics.median(r[3] for r in runs)
                     res["img_per_cpu_s"] = len(src) / cpu
                     res["cpu_ratio_vs_plain"] = cpu_ref / cpu
-                case["pipeline"][f"workers={w},threads={th}"] = res
+                case["pipeline"][f"workers={w},threads={th}" + (",decoder=PIL" if pil_only else "")] = res
             results["cases"][name] = case
             print(name, json.dumps(case, indent=1), flush=True)
     results["load_avg_end"] = os.getloadavg()
     print(json.dumps(results, indent=1))
+    print(f"\nJPEG decoder {results['jpeg_decoder']}; load average {results['load_avg_start'][0]:.2f} -> "
+          f"{results['load_avg_end'][0]:.2f}")
+    for name, case in results["cases"].items():
+        print(f"{name}: plain PIL loop {case['plain_pil_img_s']:.0f} img/s")
+        for cfg, r in case["pipeline"].items():
+            cpu = f", {r['img_per_cpu_s']:.0f} img/CPU-s" if "img_per_cpu_s" in r else ""
+            print(f"  {cfg:36s} {r['img_s_end_to_end']:8.1f} img/s ({r['ratio_vs_plain']:.2f}x), after first batch "
+                  f"{r['img_s_after_first_batch']:8.1f} ({r['steady_ratio_vs_plain']:.2f}x){cpu}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
