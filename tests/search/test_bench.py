@@ -21,8 +21,14 @@ def test_run_benchmark_tiny(tmp_path):
         assert "error" not in r, r
         assert r["recall_at_k"] == 1.0  # all three are exact on separated random data
         assert r["queries_per_s"] > 0 and r["peak_rss_mb"] > r["data_mb"]
+        # init = runtime before any data; the target's reading subtracts it, the other does not
+        assert 0 < r["runtime_rss_mb"] <= r["init_rss_mb"] < r["peak_rss_mb"]
+        assert abs(r["peak_above_init_over_data"] * r["data_mb"] - (r["peak_rss_mb"] - r["init_rss_mb"])) < 1e-6
+        assert r["peak_above_init_over_data"] < r["peak_over_data"]
     assert rows["exact"]["params"] == {"db_block": 512}
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["config"]["nq"] == 64
     assert (tmp_path / "recall_vs_qps.png").stat().st_size > 1000
-    assert "| faiss_flat |" in (tmp_path / "results.md").read_text()
+    md = (tmp_path / "results.md").read_text()
+    assert "| faiss_flat |" in md and "(peak-init)/data" in md and "fixed at 4 MiB" in md
+    assert on_disk["config"]["malloc_mmap_threshold_mb"] == 4

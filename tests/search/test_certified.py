@@ -169,3 +169,38 @@ def test_auto_precision_is_exact(rng):
     assert auto_precision() == "bf16_certified"  # tests run on CPU
     assert_topk_matches(s, i, q, db, 5)
     assert stats.queries == 6
+
+
+def test_grouped_screen_aligned_database_with_nan_names_the_row(rng):
+    """An aligned database is used in place (not read on the host), so finiteness comes from the device pass."""
+    import pytest
+
+    from synleak_jax.search.hostmem import aligned_empty
+
+    db = aligned_empty((500, 32))
+    db[:] = rng.standard_normal(db.shape)
+    q = rng.standard_normal((4, 32)).astype(np.float32)
+    db[321, 7] = np.nan
+    with pytest.raises(ValueError, match="database row 321 contains NaN or inf"):
+        exact_topk(q, db, 3, precision="bf16_certified")
+
+
+def test_grouped_screen_several_merges_repeated_tile_and_tiny_database(rng, monkeypatch):
+    """Small MERGE_GROUPS forces several running top-k merges whose last super-chunk repeats a clamped tile
+    (masked), plus a tail tile; a database smaller than one group is padded for the rescoring gather."""
+    from synleak_jax.search import certified
+
+    monkeypatch.setattr(certified, "MERGE_GROUPS", 64)  # 4 tiles of 256 rows per merge; 3001 rows = 11 + tail
+    q, db = _near_tie(rng, 6, 3001, 24, cluster=200)
+    q = np.concatenate([q, rng.standard_normal((10, 24)).astype(np.float32)])
+    s32, i32 = exact_topk(q, db, 6, query_block=16, db_block=256)
+    s, i, stats = exact_topk(q, db, 6, query_block=16, db_block=256, precision="bf16_certified", margin=10,
+                             return_stats=True)
+    assert_topk_matches(s, i, q, db, 6)
+    np.testing.assert_array_equal(i[:6], i32[:6])
+    assert 6 <= stats.fallback_queries < 16
+    tiny = rng.standard_normal((5, 8)).astype(np.float32)
+    qt = rng.standard_normal((3, 8)).astype(np.float32)
+    s, i, stats = exact_topk(qt, tiny, 5, precision="bf16_certified", return_stats=True)
+    assert_topk_matches(s, i, qt, tiny, 5)
+    assert stats.fallback_queries == 0  # every group rescored: nothing discarded
