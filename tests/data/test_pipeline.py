@@ -147,6 +147,24 @@ def test_non_affine_spec_falls_back_to_its_normalize(rng):
     assert (b["image"][3] == 0).all()
 
 
+class _ScalarSpec:
+    """One mean/std for all channels, given as scalars (broadcast like numpy does in normalize)."""
+
+    height, width, channel_order, mean, std = 8, 6, "BGR", 127.5, 128.0
+
+    def normalize(self, rgb):
+        return (np.asarray(rgb, np.float32)[..., ::-1] - np.float32(127.5)) / np.float32(128.0)
+
+
+def test_scalar_mean_std_spec_uses_the_fast_path_bit_identically(rng):
+    rgbs = [fixtures.random_rgb(rng, 8, 6) for _ in range(3)]
+    src = sources.ArraySource([fixtures.encode(x, "PNG") for x in rgbs])
+    assert pipeline.CollateNormalize(_ScalarSpec())._affine
+    b = next(iter(pipeline.make_pipeline(src, _ScalarSpec(), 3)))
+    for i, x in enumerate(rgbs):
+        np.testing.assert_array_equal(b["image"][i], _ScalarSpec().normalize(x))
+
+
 def test_resize_to_spec_and_align_hook(rng):
     big = fixtures.random_rgb(rng, 40, 30)
     src = sources.ArraySource([fixtures.encode(big, "PNG")] * 3)
