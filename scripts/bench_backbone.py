@@ -1,13 +1,15 @@
 """Forward throughput of the IResNet backbones: JAX (jit) vs PyTorch on CPU, and GPU figures when available.
 
 CPU mode (always): for each model, the same randomly initialised weights are run by
-  * JAX: ``jax.jit(model.apply)`` compiled ahead (``.lower().compile()``), warmed up, timed with
-    ``block_until_ready``;
+  * JAX: ``jax.jit(model.apply)`` compiled ahead (``.lower().compile(compiler_options=...)``) with the
+    project's CPU compiler options (``models.layers.cpu_compiler_options()``: Eigen convolutions, as the
+    embedding engine compiles), warmed up, timed with ``block_until_ready``;
+  * JAX with XLA's default CPU options (YNNPACK convolutions), for comparison (``--xla_default``);
   * PyTorch: the independent reference module (``tests/models/torch_refs_arcface.py``), eval mode,
     ``torch.no_grad()``, ``torch.set_num_threads`` = the JAX CPU thread count, NCHW float32;
-and the median images/s of each plus the JAX/PyTorch ratio are printed (interleaved repeats, so a load spike
-on the shared machine hits both). The embeddings of both are compared once (relative L2 error) so the two
-sides provably compute the same network.
+and the median images/s of each plus the JAX/PyTorch ratios are printed (interleaved repeats, so a load spike
+on the shared machine hits every side). The embeddings are compared once (relative L2 error) so the sides
+provably compute the same network.
 
 GPU mode (when JAX sees a GPU): bf16 compute at ``--gpu_batch`` (512), images/s and achieved TFLOP/s, as a
 fraction of a bf16 matmul peak measured in the same run with a large ``jnp.dot``. FLOP per image at
@@ -36,6 +38,7 @@ flags.DEFINE_integer("iters", 5, "Timed repeats per side (median reported).")
 flags.DEFINE_integer("warmup", 1, "Untimed warm-up runs per side after compilation.")
 flags.DEFINE_integer("threads", 0, "PyTorch intra-op threads (0: os.cpu_count(), the XLA CPU default).")
 flags.DEFINE_bool("torch", True, "Also time the PyTorch reference on CPU.")
+flags.DEFINE_bool("xla_default", True, "Also time JAX compiled with XLA's default CPU options (YNNPACK convs).")
 flags.DEFINE_integer("gpu_batch", 512, "Batch size in GPU mode (bf16).")
 flags.DEFINE_integer("gpu_iters", 20, "Timed repeats in GPU mode.")
 flags.DEFINE_string("xla_flags", "", "Extra XLA_FLAGS for this run (e.g. '--xla_cpu_use_onednn=true'); set "
@@ -53,7 +56,7 @@ def _median_time(fn, iters: int) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
-def _jax_runner(name, variables, batch, dtype):
+def _jax_runner(name, variables, batch, dtype, compiler_options):
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -64,7 +67,7 @@ def _jax_runner(name, variables, batch, dtype):
     x = jax.device_put(np.random.default_rng(0).standard_normal((batch, 112, 112, 3)).astype(np.float32))
     variables = jax.device_put(variables)
     t0 = time.perf_counter()
-    compiled = jax.jit(model.apply).lower(variables, x).compile()
+    compiled = jax.jit(model.apply).lower(variables, x).compile(compiler_options=compiler_options or None)
     compile_s = time.perf_counter() - t0
     return (lambda: compiled(variables, x).block_until_ready()), compile_s, (lambda xx: compiled(variables, xx))
 
@@ -74,6 +77,7 @@ def bench_cpu(name: str) -> dict:
     import numpy as np
     import torch
 
+    from synleak_jax.models.layers import cpu_compiler_options
     from synleak_jax.weights.converters import load_state_dict_into
     from tests.models import torch_refs_arcface as refs
 
@@ -81,15 +85,20 @@ def bench_cpu(name: str) -> dict:
     torch.set_num_threads(threads)
     net = refs.randomize_(refs.make_reference(name), np.random.default_rng(0))
     variables = load_state_dict_into(name, refs.state_dict_numpy(net))
-    run_jax, compile_s, apply = _jax_runner(name, variables, FLAGS.batch, FLAGS.dtype)
+    options = cpu_compiler_options()
+    sides = {"jax": _jax_runner(name, variables, FLAGS.batch, FLAGS.dtype, options)}
+    if FLAGS.xla_default:
+        sides["jax_xla_default"] = _jax_runner(name, variables, FLAGS.batch, FLAGS.dtype, None)
 
-    # Same network on both sides: compare embeddings once.
+    # Same network on every side: compare embeddings once.
     x_check = np.random.default_rng(1).standard_normal((2, 112, 112, 3)).astype(np.float32)
     ref = refs.forward_numpy(net, x_check)
     pad = np.zeros((FLAGS.batch, 112, 112, 3), np.float32)
     pad[:2] = x_check
-    out = np.asarray(apply(jax.device_put(pad)))[:2].astype(np.float64)
-    rel = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+    rel = {}
+    for side, (_, _, apply) in sides.items():
+        out = np.asarray(apply(jax.device_put(pad)))[:2].astype(np.float64)
+        rel[side] = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
 
     xt = torch.from_numpy(np.random.default_rng(0).standard_normal((FLAGS.batch, 3, 112, 112)).astype(np.float32))
 
@@ -97,23 +106,23 @@ def bench_cpu(name: str) -> dict:
         with torch.no_grad():
             net(xt)
 
-    for _ in range(FLAGS.warmup):
-        run_jax()
-        if FLAGS.torch:
-            run_torch()
-    jax_times, torch_times = [], []
-    for i in range(FLAGS.iters):  # interleaved so load changes hit both sides
-        jax_times.append(_median_time(run_jax, 1)[0])
-        if FLAGS.torch:
-            torch_times.append(_median_time(run_torch, 1)[0])
-        logging.info("%s iter %d/%d: jax %.2fs%s", name, i + 1, FLAGS.iters, jax_times[-1],
-                     f", torch {torch_times[-1]:.2f}s" if FLAGS.torch else "")
-    jax_ips = FLAGS.batch / statistics.median(jax_times)
-    res = {"model": name, "batch": FLAGS.batch, "dtype": FLAGS.dtype, "threads": threads,
-           "compile_s": compile_s, "jax_img_s": jax_ips, "rel_err_vs_torch": rel}
+    runs = {side: run for side, (run, _, _) in sides.items()}
     if FLAGS.torch:
-        torch_ips = FLAGS.batch / statistics.median(torch_times)
-        res.update(torch_img_s=torch_ips, ratio=jax_ips / torch_ips)
+        runs["torch"] = run_torch
+    for _ in range(FLAGS.warmup):
+        for run in runs.values():
+            run()
+    times = {side: [] for side in runs}
+    for i in range(FLAGS.iters):  # interleaved so load changes hit every side
+        for side, run in runs.items():
+            times[side].append(_median_time(run, 1)[0])
+        logging.info("%s iter %d/%d: %s", name, i + 1, FLAGS.iters,
+                     ", ".join(f"{side} {t[-1]:.2f}s" for side, t in times.items()))
+    ips = {side: FLAGS.batch / statistics.median(t) for side, t in times.items()}
+    res = {"model": name, "batch": FLAGS.batch, "dtype": FLAGS.dtype, "threads": threads,
+           "compiler_options": options, "compile_s": sides["jax"][1], "img_s": ips, "rel_err_vs_torch": rel}
+    if FLAGS.torch:
+        res["ratio"] = {side: ips[side] / ips["torch"] for side in sides}
     return res
 
 
@@ -166,12 +175,15 @@ def main(argv):
         print(f"torch {torch.__version__}")
         for name in FLAGS.models:
             r = bench_cpu(name)
-            line = (f"[cpu] {name} batch {r['batch']} {r['dtype']}: JAX {r['jax_img_s']:.1f} img/s "
-                    f"(compile {r['compile_s']:.1f}s)")
-            if "torch_img_s" in r:
-                line += f", PyTorch {r['torch_img_s']:.1f} img/s ({r['threads']} threads), ratio {r['ratio']:.2f}x"
-            line += f"; embeddings rel. L2 diff {r['rel_err_vs_torch']:.1e}"
-            print(line, flush=True)
+            print(f"[cpu] {name} batch {r['batch']} {r['dtype']}, {r['threads']} threads, JAX compiler options "
+                  f"{r['compiler_options']} (compile {r['compile_s']:.1f}s):", flush=True)
+            for side, ips in r["img_s"].items():
+                line = f"[cpu]   {side:16s} {ips:6.1f} img/s"
+                if side in r.get("ratio", {}):
+                    line += f"  JAX/PyTorch {r['ratio'][side]:.2f}x"
+                if side in r["rel_err_vs_torch"]:
+                    line += f"  embeddings rel. L2 diff vs PyTorch {r['rel_err_vs_torch'][side]:.1e}"
+                print(line, flush=True)
     else:
         peak = measure_bf16_matmul_peak()
         print(f"[gpu] measured bf16 matmul peak: {peak:.1f} TFLOP/s")

@@ -19,6 +19,7 @@ Variable names (stable; the weight converters rely on them):
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -125,6 +126,41 @@ class BatchNorm(nn.Module):
             add = add + self.param("bias", nn.initializers.zeros, (c,), self.param_dtype).astype(jnp.float32)
         out_dtype = x.dtype if self.dtype is None else self.dtype
         return (x.astype(jnp.float32) * mul + add).astype(out_dtype)
+
+
+# XLA:CPU (jax 0.10) hands every convolution to YNNPACK by default. For the 3x3 convolutions of the ResNet-style
+# backbones at batch 64 its kernels measured 1.0-1.8x slower than XLA's own (Eigen) convolutions, worst at 7x7
+# spatial size and stride 2 (BENCHMARKS.md, "Backbones"); dots stay with YNNPACK. This per-executable option
+# keeps YNNPACK for dots only. Pass it as ``jax.jit(f, compiler_options=cpu_compiler_options())``.
+_CPU_EIGEN_CONV_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_options_supported() -> bool:
+    """Whether this jaxlib accepts :data:`_CPU_EIGEN_CONV_OPTIONS` (probed once with a tiny CPU conv)."""
+    x = jax.ShapeDtypeStruct((1, 4, 4, 32), jnp.float32)
+    w = jax.ShapeDtypeStruct((3, 3, 32, 32), jnp.float32)
+    conv = functools.partial(jax.lax.conv_general_dilated, window_strides=(1, 1), padding="SAME",
+                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    try:
+        jax.jit(conv, backend="cpu").lower(x, w).compile(compiler_options=_CPU_EIGEN_CONV_OPTIONS)
+    except Exception:  # an XLA version without this option: keep its defaults
+        return False
+    return True
+
+
+def cpu_compiler_options(backend: str | None = None) -> dict[str, str]:
+    """``compiler_options`` for ``jax.jit`` that make XLA:CPU run convolutions with its Eigen kernels.
+
+    Args:
+      backend: the platform the executable targets ("cpu", "gpu", "tpu"); None: ``jax.default_backend()``.
+
+    Returns ``{}`` for other backends and for an XLA without the option (probed once), so the result can be
+    passed unconditionally. Numerics are unchanged (float32 convolutions either way; the parity tests run both).
+    """
+    if (backend or jax.default_backend()) != "cpu" or not _cpu_options_supported():
+        return {}
+    return dict(_CPU_EIGEN_CONV_OPTIONS)
 
 
 def count_params(model: nn.Module, example_input_shape: tuple[int, ...]) -> int:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from synleak_jax.models import get_model
-from synleak_jax.models.layers import count_params
+from synleak_jax.models.layers import count_params, cpu_compiler_options
 from tests.models import torch_refs_arcface as refs
 
 # REFERENCE.md section 2 (every nn.Parameter of insightface's iresnet.py, frozen final-BN scale included).
@@ -80,6 +80,29 @@ def test_iresnet200_parity_fp32_and_bf16_cosine(rng):
     out16 = refs.run_flax("iresnet200", variables, x, "bfloat16")
     assert refs.min_cosine(out16, out) >= 0.999
     assert refs.rel_l2(out16, out) <= 3e-2
+
+
+def test_cpu_compiler_options_route_convs_to_eigen_and_keep_parity(rng):
+    """The CPU compiler options (Eigen convolutions, used by the embedding engine and the benchmark) remove the
+    YNNPACK convolution fusions from the executable and still match the PyTorch reference at 1e-5."""
+    from synleak_jax.weights.converters import load_state_dict_into
+
+    options = cpu_compiler_options("cpu")
+    assert options, "this jaxlib rejected the Eigen-convolution option"
+    assert cpu_compiler_options("gpu") == {}
+    net = refs.randomize_(refs.make_reference("iresnet18"), rng)
+    variables = load_state_dict_into("iresnet18", refs.state_dict_numpy(net))
+    x = rng.standard_normal((2, 112, 112, 3)).astype(np.float32)
+    apply = jax.jit(get_model("iresnet18").apply)
+    with jax.default_matmul_precision("highest"):
+        default = apply.lower(variables, x).compile()
+        eigen = apply.lower(variables, x).compile(compiler_options=options)
+        out = np.asarray(eigen(variables, x), np.float64)
+    # r18 has 21 convolutions (stem + 2 per block + 4 projections): YNNPACK fusions by default, none with the
+    # options; the fc dot stays a YNNPACK fusion in both.
+    n_default, n_eigen = default.as_text().count("__ynn_fusion"), eigen.as_text().count("__ynn_fusion")
+    assert n_default - n_eigen == 21, (n_default, n_eigen)
+    assert refs.rel_l2(out, refs.forward_numpy(net, x)) <= 1e-5
 
 
 def test_randomised_weights_change_the_output(rng):
