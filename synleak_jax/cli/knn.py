@@ -41,6 +41,9 @@ def default_config() -> ConfigDict:
     c.knn.db_block = 0  # 0 = default (CPU 2048, GPU 65536)
     c.knn.write_block = 16384  # queries per output part (the unit of resume)
     c.knn.sharded = False  # shard the database over all devices (sharded_exact_topk)
+    # glibc: serve allocations >= this many MiB with mmap so freed XLA buffers leave the resident set
+    # (search.hostmem.limit_malloc_retention); 0 keeps glibc's self-adjusting threshold
+    c.malloc_mmap_threshold_mb = 4.0
     return c
 
 
@@ -83,6 +86,12 @@ def _atomic_savez(dest: str, **arrays) -> None:
             os.remove(tmp)
 
 
+def _needs_whole_database(precision: str) -> bool:
+    from synleak_jax.search.exact import auto_precision
+
+    return (auto_precision() if precision == "auto" else precision) == "bf16_certified"
+
+
 def run_knn(cfg: ConfigDict) -> str:
     """Runs the search described by cfg; returns the path of topk.npz."""
     from synleak_jax.search.exact import check_block, check_k, exact_topk
@@ -121,6 +130,12 @@ def run_knn(cfg: ConfigDict) -> str:
         json.dump(manifest, f, indent=1, sort_keys=True)
     os.replace(mpath + ".tmp", mpath)
 
+    if not cfg.knn.sharded and not isinstance(db, np.ndarray) and _needs_whole_database(cfg.knn.precision):
+        # the group screen puts the whole database on the device for every part: read a store once into
+        # aligned memory (used in place by the CPU backend) instead of copying it again per part
+        from synleak_jax.search.exact import Source
+
+        db = Source(db, "database").aligned_host()
     nq = q.shape[0]
     n_parts = -(-nq // wb)
     t0 = time.perf_counter()
@@ -163,6 +178,10 @@ def run_knn(cfg: ConfigDict) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _CONFIG.value.malloc_mmap_threshold_mb:
+        from synleak_jax.search.hostmem import limit_malloc_retention
+
+        limit_malloc_retention(int(_CONFIG.value.malloc_mmap_threshold_mb * 2**20))
     try:
         run_knn(_CONFIG.value)
     except ValueError as e:  # bad inputs (NaN rows, shapes) from the search: one clear line

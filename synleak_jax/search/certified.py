@@ -197,7 +197,7 @@ def _rescore_groups_impl(qf, dbf, gsel, *, ndb: int, k: int, t: int, group: int,
 
 
 def grouped_certified_topk(q, db, k: int, margin: int, group: int, query_block: int, db_block: int,
-                           exact_rows, stats, sub: int = 32):
+                           exact_rows, stats, sub: int = 16):
     """Certified top-k with group-max screening. q, db: exact.Source; exact_rows(rows) -> float32 (scores, idx)
     for those query rows (the fallback); stats: SearchStats. The float32 database must fit in device memory
     (`Source.device_array`: aliased when aligned on CPU, else one copy). Returns (scores [nq, k] float32,

@@ -129,19 +129,13 @@ class Source:
         return blk
 
 
-    def device_array(self, chunk_rows: int = 16384):
-        """All rows as one float32 jax array [n, D], with at most one host copy.
-
-        jax inputs are used as they are (cast to float32 if needed). A C-contiguous float32 numpy array or memmap
-        whose data is 64-byte aligned is aliased by the CPU backend, not copied (hostmem.py). Anything else
-        (np.load'ed arrays, other dtypes, embedding stores) is read in chunks into one aligned buffer, checking
-        finiteness. The first two kinds are not checked here: see `raise_if_nonfinite`.
-        """
+    def aligned_host(self, chunk_rows: int = 16384) -> np.ndarray:
+        """All rows as a float32, C-contiguous, 64-byte-aligned numpy array [n, D] (the CPU backend uses it in
+        place, hostmem.py): the input itself when it already is one (not checked for NaN/inf here, see
+        `raise_if_nonfinite`), otherwise one copy read in chunks, finiteness checked. Not for jax inputs."""
         x = self.x
-        if self.is_jax:
-            return x.astype(jnp.float32)
         if isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous and is_aligned(x):
-            return jax.device_put(x)
+            return x
         logging.info("%s: copying %.0f MB into aligned memory (pass a 64-byte-aligned float32 array, e.g. "
                      "np.load(path, mmap_mode='r') or search.hostmem.load_npy_aligned, to avoid the copy)",
                      self.name, self.n * self.d * 4 / 2**20)
@@ -149,7 +143,14 @@ class Source:
         for a in range(0, self.n, chunk_rows):
             b = min(self.n, a + chunk_rows)
             host[a:b] = self.read(a, b)
-        return jax.device_put(host)
+        return host
+
+    def device_array(self, chunk_rows: int = 16384):
+        """All rows as one float32 jax array [n, D] with at most one host copy: jax inputs as they are (cast to
+        float32 if needed), numpy inputs via `aligned_host` (aliased on CPU, not copied again by XLA)."""
+        if self.is_jax:
+            return self.x.astype(jnp.float32)
+        return jax.device_put(self.aligned_host(chunk_rows))
 
     def raise_if_nonfinite(self, chunk_rows: int = 16384) -> None:
         """Raise ValueError naming the first row holding NaN or inf (reads the input in chunks)."""
