@@ -30,6 +30,15 @@ def _jpeg(rgb_or_gray: np.ndarray, **kw) -> bytes:
     return b.getvalue()
 
 
+def _photo_like(rng, h: int, w: int, gray: bool = False) -> np.ndarray:
+    """uint8 [h, w, 3] (or [h, w]): gradients plus noise, like photos (pure noise is not what JPEG is for, and
+    PIL's encoder fails on large progressive pure-noise images)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 / max(w - 1, 1), yy * 255 / max(h - 1, 1), (xx + yy) % 256], -1)
+    rgb = np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+    return rgb[..., 1] if gray else rgb
+
+
 def _pil_reference(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
@@ -71,11 +80,7 @@ def test_cut_files_are_truncated_wherever_the_cut_lands(rng, fmt, decoder):
 @pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
 def test_fast_path_pixels_equal_pil(rng, monkeypatch, subsampling, progressive):
     for (h, w), quality in [((112, 112), 95), ((37, 53), 75), ((190, 251), 50), ((1, 9), 90)]:
-        # Smooth content plus noise (like photos), not pure noise, so every quantisation level is exercised.
-        yy, xx = np.mgrid[0:h, 0:w]
-        base = np.stack([xx * 255 / max(w - 1, 1), yy * 255 / max(h - 1, 1), (xx + yy) % 256], -1)
-        rgb = np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
-        data = _jpeg(rgb, quality=quality, subsampling=subsampling, progressive=progressive)
+        data = _jpeg(_photo_like(rng, h, w), quality=quality, subsampling=subsampling, progressive=progressive)
         fast = decode._decode_jpeg_fast(data, "x", None, decode.DEFAULT_MAX_PIXELS)
         assert fast is not None, (h, w, quality)  # the fast path decoded it (not a fallback)
         ref = _pil_reference(data)
@@ -97,16 +102,26 @@ def test_grayscale_jpeg_fast_path_equals_pil_convert_rgb(rng, monkeypatch):
 
 
 @needs_simplejpeg
-def test_resize_fast_path_and_dct_downscale_fallback(rng, monkeypatch):
-    # 150x130 -> 112: no DCT scale (PIL's draft picks 1), fast decode + the same PIL bilinear resize.
-    # 300x260 -> 112: PIL's draft would decode at 1/2, so the fast path steps aside.
-    for (h, w), fast_expected in [((130, 150), True), ((260, 300), False), ((300, 200), True)]:
-        data = _jpeg(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), quality=90)
-        fast = decode._decode_jpeg_fast(data, "x", (112, 112), decode.DEFAULT_MAX_PIXELS)
-        assert (fast is not None) == fast_expected, (h, w)
-        got = _outcome(data, monkeypatch, fast=True, size=(112, 112))
-        assert got[0] == "ok" and len(got[1]) == 112 * 112 * 3
-        assert got == _outcome(data, monkeypatch, fast=False, size=(112, 112))
+@pytest.mark.parametrize("gray", [False, True], ids=["color", "gray"])
+def test_resize_dct_downscale_same_as_pil_draft(rng, monkeypatch, gray):
+    """With a target size, the fast path decodes at PIL draft's 1/s (s = 1, 2, 4, 8) and then the same PIL
+    bilinear resize: the final pixels equal the PIL path's."""
+    cases = [((130, 150), (112, 112), 1), ((260, 300), (112, 112), 2), ((300, 200), (112, 112), 1),
+             ((479, 897), (112, 112), 4), ((1024, 1000), (112, 112), 8), ((333, 250), (64, 48), 4)]
+    for (h, w), size, s in cases:
+        # (quality <= 90: PIL 13 fails to write some large progressive 4:4:4 JPEGs at quality 92-99,
+        # "Suspension not allowed here")
+        data = _jpeg(_photo_like(rng, h, w, gray), quality=int(rng.integers(60, 91)),
+                     subsampling=int(rng.integers(0, 3)), progressive=bool(rng.integers(0, 2)))
+        assert decode._draft_scale(w, h, size) == s
+        fast = decode._decode_jpeg_fast(data, "x", size, decode.DEFAULT_MAX_PIXELS)
+        assert fast is not None and fast.shape == (-(-h // s), -(-w // s), 3), (h, w)
+        img = Image.open(io.BytesIO(data))
+        img.draft("RGB", (size[1], size[0]))
+        np.testing.assert_array_equal(fast, np.asarray(img.convert("RGB")))  # PIL's own DCT-scaled decode
+        got = _outcome(data, monkeypatch, fast=True, size=size)
+        assert got[0] == "ok" and len(got[1]) == size[0] * size[1] * 3
+        assert got == _outcome(data, monkeypatch, fast=False, size=size)
 
 
 @needs_simplejpeg
@@ -170,8 +185,9 @@ def test_corrupted_jpegs_same_outcome_on_both_paths(rng, monkeypatch):
             del d[p:p + int(rng.integers(1, 20))]
         else:
             d[p:p] = rng.integers(0, 256, int(rng.integers(1, 20)), dtype=np.uint8).tobytes()
-        got = _outcome(bytes(d), monkeypatch, fast=True)
-        assert got == _outcome(bytes(d), monkeypatch, fast=False), (kind, p)
+        kw = {"size": (16, 12)} if rng.integers(0, 2) else {}  # half of them DCT-downscaled (s = 1 or 2)
+        got = _outcome(bytes(d), monkeypatch, fast=True, **kw)
+        assert got == _outcome(bytes(d), monkeypatch, fast=False, **kw), (kind, p, kw)
         codes.add(got[1] if got[0] == "reject" else 0)
     assert rejects.NOT_AN_IMAGE in codes and 0 in codes  # both outcomes were exercised
 
