@@ -6,7 +6,9 @@ Cases:
   small: 112x112 JPEGs (quality 95, like insightface's CASIA/synthetic releases) in an identity folder,
          target 112x112 (arcface spec, BGR, normalised), no resize needed.
   large: 1024x1024 PNGs (FFHQ-like) in a flat folder, resized to 112x112; and "aligned": the same PNGs
-         through data/align.py's align_face with fixed 5-point landmarks (measures the warp, not a detector).
+         through data/align.py's align_face with fixed 5-point landmarks (measures the warp, not a detector);
+         and the same images as 1024x1024 JPEGs (quality 95) resized to 112x112 (the pipeline decodes them
+         DCT-downscaled by 1/8 first, like PIL's draft; the plain loop decodes them whole).
 Reference (same run, same files): a plain loop ``np.asarray(Image.open(path).convert("RGB"))`` (+ PIL
 bilinear resize for the large case) followed by the same float normalisation, one image at a time.
 Images are natural-photo content (crops of skimage's astronaut with mild noise), not random noise, so
@@ -59,12 +61,13 @@ def make_small(root, n, rng):
         Image.fromarray(_photo(rng, 112)).save(os.path.join(d, f"{i:06d}.jpg"), "JPEG", quality=95)
 
 
-def make_large(root, n, rng):
+def make_large(root, n, rng, fmt="PNG"):
     tiles = [_photo(rng, 1024) for _ in range(min(n, 8))]
+    ext, kw = (".png", {"compress_level": 6}) if fmt == "PNG" else (".jpg", {"quality": 95})
     for i in range(n):
         d = os.path.join(root, f"{i // 1000 * 1000:05d}")
         os.makedirs(d, exist_ok=True)
-        Image.fromarray(tiles[i % len(tiles)]).save(os.path.join(d, f"{i:05d}.png"), "PNG", compress_level=6)
+        Image.fromarray(tiles[i % len(tiles)]).save(os.path.join(d, f"{i:05d}{ext}"), fmt, **kw)
 
 
 def plain_loop(paths, resize):
@@ -143,11 +146,14 @@ def main():
     print("JPEG decoder:", results["jpeg_decoder"], "| load average:", results["load_avg_start"], flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         small, large = os.path.join(tmp, "small"), os.path.join(tmp, "large")
+        large_jpeg = os.path.join(tmp, "large_jpeg")
         make_small(small, args.n_small, rng)
         make_large(large, args.n_large, rng)
+        make_large(large_jpeg, args.n_large, rng, "JPEG")
         cases = [("jpeg112", sources.ImageFolderSource(small), False, None),
                  ("png1024_resize", sources.FlatFolderSource(large), True, None),
-                 ("png1024_align", sources.FlatFolderSource(large), True, FixedLandmarkAlign())]
+                 ("png1024_align", sources.FlatFolderSource(large), True, FixedLandmarkAlign()),
+                 ("jpeg1024_resize", sources.FlatFolderSource(large_jpeg), True, None)]
         for name, src, resize, align_fn in cases:
             paths = [src.path(i) for i in range(len(src))]
             plain_loop(paths[:20], resize)  # warm up the page cache and PIL plugins
@@ -158,7 +164,7 @@ def main():
             bs = args.batch_large if resize else args.batch
             case["batch_size"] = bs
             configs = [(0, 0, False)] + [(0, t, False) for t in threads if t] + [(w, 0, False) for w in workers if w]
-            if not resize and decode._simplejpeg is not None:
+            if name.startswith("jpeg") and decode._simplejpeg is not None:
                 configs.append((0, 0, True))  # the same pipeline with PIL decoding every JPEG (A/B of the decoder)
             for w, th, pil_only in configs:
                 sj = decode._simplejpeg
