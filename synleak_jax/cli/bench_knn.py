@@ -28,8 +28,8 @@ flags.DEFINE_string("params", "{}", 'JSON: per-backend parameter overrides, e.g.
 flags.DEFINE_bool("device_resident", False, "Put queries/database on the device before timing (GPU table).")
 flags.DEFINE_string("output_dir", "/tmp/synleak_bench_knn", "Where results.{json,md} and the PNG go.")
 flags.DEFINE_string("data_dir", None, "Reuse/put generated data here (default <output_dir>/data).")
-flags.DEFINE_float("malloc_mmap_threshold_mb", 4, "Fix glibc's mmap threshold at this size in every backend "
-                   "process (search.hostmem.limit_malloc_retention); 0 = glibc's self-adjusting default.")
+flags.DEFINE_bool("malloc_single_arena", True, "One glibc malloc arena in every backend process "
+                  "(search.hostmem.limit_malloc_retention); false = glibc's default per-thread heaps.")
 
 
 def main(argv):
@@ -45,14 +45,12 @@ def main(argv):
     for name, v in (("nq", FLAGS.nq), ("ndb", FLAGS.ndb), ("dim", FLAGS.dim), ("k", FLAGS.k)):
         if v < 1:
             raise app.UsageError(f"--{name} must be >= 1, got {v}")
-    if FLAGS.malloc_mmap_threshold_mb < 0:
-        raise app.UsageError("--malloc_mmap_threshold_mb must be >= 0")
     if FLAGS.k > FLAGS.ndb:
         raise app.UsageError(f"--k={FLAGS.k} exceeds --ndb={FLAGS.ndb}")
     result = run_benchmark(FLAGS.output_dir, nq=FLAGS.nq, ndb=FLAGS.ndb, dim=FLAGS.dim, k=FLAGS.k,
                            backends=FLAGS.backends, repeats=FLAGS.repeats, rounds=FLAGS.rounds, seed=FLAGS.seed,
                            params=params, device_resident=FLAGS.device_resident, data_dir=FLAGS.data_dir,
-                           malloc_mmap_threshold_mb=FLAGS.malloc_mmap_threshold_mb)
+                           malloc_single_arena=FLAGS.malloc_single_arena)
     from synleak_jax.search.bench import to_markdown
 
     logging.info("results in %s", FLAGS.output_dir)

@@ -41,9 +41,9 @@ def default_config() -> ConfigDict:
     c.knn.db_block = 0  # 0 = default (CPU 2048, GPU 65536)
     c.knn.write_block = 16384  # queries per output part (the unit of resume)
     c.knn.sharded = False  # shard the database over all devices (sharded_exact_topk)
-    # glibc: serve allocations >= this many MiB with mmap so freed XLA buffers leave the resident set
-    # (search.hostmem.limit_malloc_retention); 0 keeps glibc's self-adjusting threshold
-    c.malloc_mmap_threshold_mb = 4.0
+    # glibc: one malloc arena, so buffers freed by XLA's worker threads are reused instead of piling up in
+    # per-thread heaps (search.hostmem.limit_malloc_retention); False keeps glibc's default
+    c.malloc_single_arena = True
     return c
 
 
@@ -178,10 +178,10 @@ def run_knn(cfg: ConfigDict) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _CONFIG.value.malloc_mmap_threshold_mb:
+    if _CONFIG.value.malloc_single_arena:
         from synleak_jax.search.hostmem import limit_malloc_retention
 
-        limit_malloc_retention(int(_CONFIG.value.malloc_mmap_threshold_mb * 2**20))
+        limit_malloc_retention()
     try:
         run_knn(_CONFIG.value)
     except ValueError as e:  # bad inputs (NaN rows, shapes) from the search: one clear line

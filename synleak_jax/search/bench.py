@@ -162,8 +162,7 @@ def worker(spec_path: str) -> None:
     from synleak_jax.search.hostmem import limit_malloc_retention, load_npy_aligned
 
     spec = json.loads(Path(spec_path).read_text())
-    malloc_fixed = bool(spec.get("malloc_mmap_threshold_mb")) and limit_malloc_retention(
-        int(spec["malloc_mmap_threshold_mb"] * 2**20))
+    single_arena = bool(spec.get("malloc_single_arena")) and limit_malloc_retention()
     base_rss = _current_rss_mb()
     import jax  # noqa: F401
 
@@ -190,7 +189,7 @@ def worker(spec_path: str) -> None:
         "backend": spec["backend"], "params": spec["params"], "times_s": times, "median_s": statistics.median(times),
         "build_s": build_s, "warmup_s": warm_s, "peak_rss_mb": _rss_mb(), "start_rss_mb": base_rss,
         "runtime_rss_mb": runtime_rss, "init_rss_mb": init_rss, "data_loaded_rss_mb": data_rss,
-        "malloc_mmap_threshold_fixed": malloc_fixed, "devices": [str(d) for d in __import__("jax").devices()],
+        "malloc_single_arena": single_arena, "devices": [str(d) for d in __import__("jax").devices()],
     }
     if hasattr(run, "flop"):
         res["flop"] = run.flop
@@ -234,11 +233,11 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
 def run_benchmark(out_dir: str, *, nq: int, ndb: int, dim: int, k: int, backends: list[str], repeats: int = 3,
                   rounds: int = 1, seed: int = 0, params: dict | None = None, device_resident: bool = False,
                   env: dict | None = None, data_dir: str | None = None, timeout_s: float = 3600,
-                  malloc_mmap_threshold_mb: float = 4) -> dict:
+                  malloc_single_arena: bool = True) -> dict:
     """Run the benchmark; returns the results dict (also written to out_dir).
 
-    malloc_mmap_threshold_mb: fixes glibc's mmap threshold in every backend's process
-    (`hostmem.limit_malloc_retention`); 0 keeps glibc's self-adjusting default."""
+    malloc_single_arena: one glibc malloc arena in every backend's process (`hostmem.limit_malloc_retention`);
+    False keeps glibc's default (one heap per allocating thread)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = Path(data_dir) if data_dir else out / "data"
@@ -258,7 +257,7 @@ def run_benchmark(out_dir: str, *, nq: int, ndb: int, dim: int, k: int, backends
             p.update(params.get(b, {}))
             spec = {"backend": b, "params": p, "data_dir": str(data), "k": k, "repeats": repeats,
                     "out": str(out / f"{b}_r{r}"), "device_resident": device_resident,
-                    "malloc_mmap_threshold_mb": malloc_mmap_threshold_mb}
+                    "malloc_single_arena": malloc_single_arena}
             spec_path = out / f"{b}_r{r}_spec.json"
             spec_path.write_text(json.dumps(spec))
             t = time.perf_counter()
@@ -315,7 +314,7 @@ def run_benchmark(out_dir: str, *, nq: int, ndb: int, dim: int, k: int, backends
 
     result = {
         "config": {"nq": nq, "ndb": ndb, "dim": dim, "k": k, "repeats": repeats, "rounds": rounds, "seed": seed,
-                   "device_resident": device_resident, "malloc_mmap_threshold_mb": malloc_mmap_threshold_mb,
+                   "device_resident": device_resident, "malloc_single_arena": malloc_single_arena,
                    "data_mb": data_mb},
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "jax": jax.__version__, "devices": ref_runs[0]["devices"] if ref_runs else None,
@@ -337,9 +336,9 @@ def to_markdown(result: dict) -> str:
              f"{c['rounds']} rounds (median), devices: {m['devices']}, load avg before/after: "
              f"{m['loadavg_before']} / {m['loadavg_after']}", "",
              f"Memory: data = queries + database + output = {c['data_mb']:.1f} MB; init = RSS after imports and "
-             "JAX init, before data; the target (peak <= 1.5x data) is judged on (peak - init) / data. glibc mmap "
-             "threshold: " + (f"fixed at {c['malloc_mmap_threshold_mb']:g} MiB" if c["malloc_mmap_threshold_mb"]
-                              else "glibc default (self-adjusting)") + ", the same for every backend.", "",
+             "JAX init, before data; the target (peak <= 1.5x data) is judged on (peak - init) / data. glibc malloc: "
+             + ("one arena (M_ARENA_MAX=1)" if c["malloc_single_arena"] else "default arenas")
+             + ", the same for every backend.", "",
              "| backend | median s | queries/s | TFLOP/s | recall@k | exact speed-up vs it | peak RSS MB | "
              "init RSS MB | peak/data | (peak-init)/data | build s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -30,5 +30,6 @@ def test_run_benchmark_tiny(tmp_path):
     assert on_disk["config"]["nq"] == 64
     assert (tmp_path / "recall_vs_qps.png").stat().st_size > 1000
     md = (tmp_path / "results.md").read_text()
-    assert "| faiss_flat |" in md and "(peak-init)/data" in md and "fixed at 4 MiB" in md
-    assert on_disk["config"]["malloc_mmap_threshold_mb"] == 4
+    assert "| faiss_flat |" in md and "(peak-init)/data" in md and "one arena (M_ARENA_MAX=1)" in md
+    assert on_disk["config"]["malloc_single_arena"] is True
+    assert all(json.loads((tmp_path / f"{b}_r0.json").read_text())["malloc_single_arena"] for b in rows)
