@@ -37,6 +37,7 @@ from jax.sharding import PartitionSpec as P
 from synleak_jax.embed import distributed
 from synleak_jax.embed.store import ChunkPlan, StoreWriter
 from synleak_jax.models.registry import InputSpec
+from synleak_jax.models.layers import cpu_compiler_options
 
 DATA_AXIS = "data"
 
@@ -124,10 +125,13 @@ class EmbeddingEngine:
         self.variables = jax.device_put(variables, self.replicated)
         self.num_devices = self.mesh.devices.size
         self._compiled: dict[tuple, Any] = {}
+        # On CPU, XLA's Eigen convolutions beat its default YNNPACK ones for these backbones (1.2-2.5x; only
+        # MobileFaceNet's depthwise convs are ~12% slower): docs/models.md. A no-op elsewhere.
         self._fn = jax.jit(
             self._step,
             in_shardings=(self.replicated, self.data_sharding),
             out_shardings=self.data_sharding,
+            compiler_options=cpu_compiler_options(self.mesh.devices.flat[0].platform),
         )
 
     @property

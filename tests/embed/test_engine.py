@@ -110,3 +110,20 @@ def test_real_registry_model_on_8_devices(rng, name):
     ref = _reference(name, variables, images, True, normalize)
     scale = 1.0 if normalize else max(1.0, float(np.max(np.abs(ref))))
     assert np.max(np.abs(got - ref)) <= 1e-5 * scale
+
+
+def test_cpu_step_compiles_convolutions_outside_ynnpack():
+    """On CPU the engine compiles with ``cpu_compiler_options()``: no convolution is left to YNNPACK."""
+    from synleak_jax.models.layers import cpu_compiler_options
+    if not cpu_compiler_options("cpu"):
+        pytest.skip("this XLA does not accept the Eigen-convolution option")
+    spec = registry.get_spec("iresnet18")
+    model = registry.get_model("iresnet18")
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, spec.height, spec.width, 3), jnp.float32))
+    e = eng.EmbeddingEngine(model, variables, spec, mesh=eng.make_data_mesh(jax.devices()[:1]))
+    e.compile(2)
+    hlo = next(iter(e._compiled.values())).as_text()
+    ynn_outputs = [line.split("=")[1].split("{")[0].strip() for line in hlo.splitlines()
+                   if line.strip().startswith("%ynn_fusion")]
+    assert hlo.count("convolution(") >= 21  # every conv of the backbone, on XLA's own kernels
+    assert all(out.count(",") == 1 for out in ynn_outputs), ynn_outputs  # only rank-2 dots (the fc) remain
