@@ -274,6 +274,7 @@ class MTCNNDetector:
         import jax
 
         from synleak_jax.models import mtcnn
+        from synleak_jax.models.layers import cpu_compiler_options
 
         # Full float32 precision: on GPUs the default may use TF32 for convolutions, which moves face
         # probabilities by ~1e-3 and can flip threshold decisions; these nets are tiny, so it costs little.
@@ -282,7 +283,7 @@ class MTCNNDetector:
                 with jax.default_matmul_precision("highest"):
                     return fn(*args)
 
-            return jax.jit(wrapped)
+            return jax.jit(wrapped, compiler_options=cpu_compiler_options())
 
         self._pnet = exact(lambda v, x, hw: mtcnn.PNet().apply(v, x, hw))
         self._rnet = exact(lambda v, x: mtcnn.RNet().apply(v, x))
