@@ -125,13 +125,13 @@ class EmbeddingEngine:
         self.variables = jax.device_put(variables, self.replicated)
         self.num_devices = self.mesh.devices.size
         self._compiled: dict[tuple, Any] = {}
-        # On CPU, XLA's Eigen convolutions beat its default YNNPACK ones for these backbones (1.2-2.5x; only
-        # MobileFaceNet's depthwise convs are ~12% slower): docs/models.md. A no-op elsewhere.
+        # On CPU, XLA's Eigen convolutions beat its default YNNPACK ones for these backbones (1.2-2.5x; models
+        # that run faster on YNNPACK, MobileFaceNet, opt out): docs/models.md. A no-op elsewhere.
         self._fn = jax.jit(
             self._step,
             in_shardings=(self.replicated, self.data_sharding),
             out_shardings=self.data_sharding,
-            compiler_options=cpu_compiler_options(self.mesh.devices.flat[0].platform),
+            compiler_options=cpu_compiler_options(self.mesh.devices.flat[0].platform, module),
         )
 
     @property

@@ -25,7 +25,7 @@ Variables (Flax paths): ``layers_0/{conv,bn,prelu}``, ``layers_1/...``, ``layers
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -114,6 +114,9 @@ class MobileFaceNet(nn.Module):
       num_features: embedding size (512).
       dtype / param_dtype / precision: as for the other backbones; ``conv_sep`` + ``features`` stay float32.
     """
+
+    # YNNPACK (XLA:CPU's default) runs the depthwise convolutions faster than Eigen: see layers.cpu_compiler_options.
+    CPU_EIGEN_CONVS: ClassVar[bool] = False
 
     blocks: Sequence[int] = (1, 4, 6, 2)
     scale: int = 2
