@@ -51,6 +51,15 @@ def rescore(qb: np.ndarray, cand: np.ndarray, db, k: int):
     return np.take_along_axis(sc, order, 1).astype(np.float32), np.take_along_axis(gi, order, 1).astype(np.int32)
 
 
+def _fall_back(ok: np.ndarray, out_s: np.ndarray, out_i: np.ndarray, exact_rows, stats) -> None:
+    """Recomputes the uncertified queries (``ok`` False) in float32, in place, and counts them in ``stats``."""
+    bad = np.nonzero(~ok)[0]
+    if len(bad):
+        out_s[bad], out_i[bad] = exact_rows(bad)
+    stats.queries += len(ok)
+    stats.fallback_queries += len(bad)
+
+
 def certified_topk(q, db, k: int, margin: int, screen, exact_rows, stats, rescore_block: int = 512):
     """Certified top-k. q, db: exact.Source; screen(kk) -> (scores [nq,kk], idx [nq,kk], max row norm of db)
     from the bf16 pass; exact_rows(rows) -> float32 (scores, idx) for those query rows; stats: SearchStats."""
@@ -73,12 +82,7 @@ def certified_topk(q, db, k: int, margin: int, screen, exact_rows, stats, rescor
         out_s[a:b], out_i[a:b] = rescore(qb, si[a:b, :kp], db, k)
         bound = c * np.linalg.norm(qb.astype(np.float64), axis=1) * dmax
         ok[a:b] = m_b[a:b] + bound < out_s[a:b, k - 1].astype(np.float64)
-    bad = np.nonzero(~ok)[0]
-    if len(bad):
-        fs, fi = exact_rows(bad)
-        out_s[bad], out_i[bad] = fs, fi
-    stats.queries += q.n
-    stats.fallback_queries += len(bad)
+    _fall_back(ok, out_s, out_i, exact_rows, stats)
     return out_s, out_i
 
 
@@ -242,12 +246,7 @@ def grouped_certified_topk(q, db, k: int, margin: int, group: int, query_block: 
         pending = (a, b, np.asarray(qb, np.float32)[: b - a], res)
     _finish(pending, out_s, out_i, ok, c, dmax, t)
     del dbf
-    bad = np.nonzero(~ok)[0]
-    if len(bad):
-        fs, fi = exact_rows(bad)
-        out_s[bad], out_i[bad] = fs, fi
-    stats.queries += q.n
-    stats.fallback_queries += len(bad)
+    _fall_back(ok, out_s, out_i, exact_rows, stats)
     if not np.isfinite(out_s).all():
         raise ValueError("scores overflowed float32 (inputs too large in magnitude); rescale the embeddings")
     return out_s, out_i

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import time
 from typing import Any
 
@@ -217,6 +216,22 @@ def check_block(v: Any, name: str) -> int:
     return int(v)
 
 
+def check_search_args(queries, database, k, query_block, db_block, tile, selection):
+    """Validates the arguments shared by the blockwise drivers; returns (q, db, k, bq, bdb, tile) with q and db
+    as :class:`Source` and the block sizes resolved (None -> :func:`default_blocks`)."""
+    q = queries if isinstance(queries, Source) else Source(queries, "queries")
+    db = database if isinstance(database, Source) else Source(database, "database")
+    check_common(q, db)
+    k = check_k(k, db.n)
+    dq, ddb = default_blocks()
+    bq = check_block(dq if query_block is None else query_block, "query_block")
+    bdb = check_block(ddb if db_block is None else db_block, "db_block")
+    tile = check_block(tile, "tile")
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    return q, db, k, bq, bdb, tile
+
+
 def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
 
@@ -364,16 +379,7 @@ def search_engine(queries, database, k: int, *, query_block: int, db_block: int,
     dmax = largest database row norm (float)).
     """
     t0 = time.perf_counter()
-    q = queries if isinstance(queries, Source) else Source(queries, "queries")
-    db = database if isinstance(database, Source) else Source(database, "database")
-    check_common(q, db)
-    k = check_k(k, db.n)
-    dq, ddb = default_blocks()
-    bq = check_block(dq if query_block is None else query_block, "query_block")
-    bdb = check_block(ddb if db_block is None else db_block, "db_block")
-    tile = check_block(tile, "tile")
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    q, db, k, bq, bdb, tile = check_search_args(queries, database, k, query_block, db_block, tile, selection)
     count = tau is not None
     # Never pad a small input up to a large block: shrink the block to the data.
     bdb = min(bdb, _round_up(db.n, 8))

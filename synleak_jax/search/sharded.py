@@ -23,16 +23,13 @@ from jax.sharding import PartitionSpec as P
 
 from synleak_jax.search.exact import (
     PRECISIONS,
-    SELECTIONS,
     STEP_STATIC,
     SearchStats,
     Source,
     _round_up,
     check_block,
-    check_common,
-    check_k,
+    check_search_args,
     chunk_step_impl,
-    default_blocks,
     default_chunk_rows,
     merge_topk_lex,
 )
@@ -135,16 +132,7 @@ def sharded_exact_topk(queries, database, k: int, *, mesh: Mesh | None = None, d
 def _sharded_engine(queries, database, k, *, mesh, db_axis, query_axis, query_block, db_block, precision,
                     selection, tile, db_chunk_rows):
     """Returns numpy (scores [nq,k], idx [nq,k], largest database row norm)."""
-    q = queries if isinstance(queries, Source) else Source(queries, "queries")
-    db = database if isinstance(database, Source) else Source(database, "database")
-    check_common(q, db)
-    k = check_k(k, db.n)
-    dq, ddb = default_blocks()
-    bq = check_block(dq if query_block is None else query_block, "query_block")
-    bdb = check_block(ddb if db_block is None else db_block, "db_block")
-    tile = check_block(tile, "tile")
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    q, db, k, bq, bdb, tile = check_search_args(queries, database, k, query_block, db_block, tile, selection)
     if mesh is None:
         mesh = make_search_mesh()
     if db_axis not in mesh.axis_names or (query_axis is not None and query_axis not in mesh.axis_names):
