@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from synleak_jax.attack import calibration as C
+from synleak_jax.attack import calibration as calibration_lib
 
 
 def numpy_reference(x, labels, fmrs):
@@ -21,7 +21,7 @@ def numpy_reference(x, labels, fmrs):
     iu = np.triu_indices(len(x), 1)
     sc = s[iu]
     imp = sc[labels[iu[0]] != labels[iu[1]]]
-    return [float(np.partition(imp, imp.size - (C.impostors_allowed(f, imp.size) + 1))[imp.size - (C.impostors_allowed(f, imp.size) + 1)]) for f in fmrs]
+    return [float(np.partition(imp, imp.size - (calibration_lib.impostors_allowed(f, imp.size) + 1))[imp.size - (calibration_lib.impostors_allowed(f, imp.size) + 1)]) for f in fmrs]
 
 
 def main():
@@ -37,11 +37,11 @@ def main():
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     labels = rng.integers(0, a.ids, a.n)
     fmrs = [1e-2, 1e-3, 1e-4]
-    C.calibrate_embeddings(x, labels, fmrs, metric="cosine", block=a.block)  # warm-up / compile
+    calibration_lib.calibrate_embeddings(x, labels, fmrs, metric="cosine", block=a.block)  # warm-up / compile
     tk, tn = [], []
     for _ in range(a.repeats):
         t = time.perf_counter()
-        cal = C.calibrate_embeddings(x, labels, fmrs, metric="cosine", block=a.block)
+        cal = calibration_lib.calibrate_embeddings(x, labels, fmrs, metric="cosine", block=a.block)
         tk.append(time.perf_counter() - t)
         t = time.perf_counter()
         ref = numpy_reference(x, labels, fmrs)

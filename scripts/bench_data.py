@@ -25,7 +25,6 @@ Also reported, for the reference and the in-process configurations: images per C
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform

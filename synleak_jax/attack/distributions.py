@@ -10,32 +10,33 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 
-from synleak_jax.attack import calibration as C
-from synleak_jax.attack import scores as S
+from synleak_jax.attack import calibration as calibration_lib
+from synleak_jax.attack.neighbours import CrossScan
+from synleak_jax import units
 
 
-def real_vs_generated(real, syn, calibration: C.Calibration, *, metric: str, nbins: int = 1 << 16,
-                      block: int = 1024, plot_bins: int = 256) -> dict:
-    """R-G histogram (for plots, on the calibration's plot edges when they cover the range) and tails."""
-    sets = S.PairSets(real, None, syn, None, metric=metric, block=block)
-    bins = S.Bins(sets.range[0], sets.range[1], nbins)
-    hist = S.pair_histogram(sets, bins, progress="real-vs-generated histogram")
-    n = hist.n_impostor
+def real_vs_generated(scan: CrossScan, calibration: calibration_lib.Calibration) -> dict:
+    """R-G moments, exact histogram (plots) and tails at every threshold of ``calibration`` (whose taus the scan
+    counted, in the same order)."""
     taus = calibration.thresholds
-    above, _ = S.count_above(sets, [t.tau for t in taus]) if taus else (np.zeros(0), None)
+    if len(scan.above) != len(taus):
+        raise ValueError(f"the scan counted {len(scan.above)} thresholds, the calibration has {len(taus)}")
+    metric = calibration.metric
+    n = scan.n_pairs
     tails = []
-    for t, a in zip(taus, above):
+    for t, a in zip(taus, scan.above):
         rg = int(a) / n if n else float("nan")
         tails.append({"fmr": t.fmr, "source": t.source, "tau_native": t.tau_native,
                       "real_vs_real_tail": t.achieved_fmr, "real_vs_generated_tail": rg,
                       "real_vs_generated_pairs_above": int(a),
                       "excess_ratio": (rg / t.achieved_fmr) if t.achieved_fmr > 0 else None})
-    factor = max(1, nbins // plot_bins)
-    mean, std = hist.moments("impostor")
-    return {"n_pairs": n, "mean": C._num(S.to_native(metric, mean)), "std": C._num(std), "tails": tails,
-            "hist_edges": bins.edges()[::factor], "hist_counts": hist.impostor.reshape(-1, factor).sum(1)}
+    mean, std = scan.moments()
+    out = {"n_pairs": n, "mean": calibration_lib._num(units.to_native(metric, mean)), "std": calibration_lib._num(std), "tails": tails}
+    if scan.hist is not None:
+        out["hist_edges"] = scan.hist.bins.edges()
+        out["hist_counts"] = scan.hist.impostor
+    return out
 
 
 def jaccard(a: set, b: set) -> float | None:

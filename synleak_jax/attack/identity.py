@@ -2,7 +2,7 @@
 
 Synthetic class ``c`` was generated from real class ``c``. Real images of class c are references, synthetic
 images of class c probes: *genuine* = same label, *impostor* = different labels, over ALL real x synthetic pairs
-(blockwise histogram kernel, exact counts and moments). Reported next to the real-vs-real distributions: means,
+(tile-engine passes: a histogram with exact counts and moments, then exact counts above every threshold). Reported next to the real-vs-real distributions: means,
 standard deviations, EER, decidability d', the share of same-label pairs accepted at the real-calibrated
 tau(FMR) (1 - FNMR) and the impostor pairs accepted there, and rank-1 identification of each synthetic class
 among the real classes with class-mean templates.
@@ -14,9 +14,9 @@ import dataclasses
 
 import numpy as np
 
-from synleak_jax.attack import calibration as C
-from synleak_jax.attack import neighbours
-from synleak_jax.attack import scores as S
+from synleak_jax.attack import calibration as calibration_lib
+from synleak_jax import units
+from synleak_jax.attack import neighbours, pairs, stats
 
 
 def class_templates(x, labels: np.ndarray, metric: str, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
@@ -47,7 +47,7 @@ def rank1_identification(real, real_labels, syn, syn_labels, metric: str) -> dic
     scorable = np.isin(sc, rc)
     if not scorable.any():
         return {"n_classes": 0, "rank1": None, "note": "no synthetic class label exists among the real labels"}
-    _, idx = neighbours.topk_scores(st[scorable].astype(np.float32), rt.astype(np.float32), 1, metric)
+    _, idx = neighbours.topk(st[scorable].astype(np.float32), rt.astype(np.float32), 1, metric=metric)
     hits = rc[idx[:, 0]] == sc[scorable]
     return {"n_classes": int(scorable.sum()), "rank1": float(hits.mean()), "n_real_classes": int(rc.size),
             "chance": 1.0 / rc.size}
@@ -56,7 +56,7 @@ def rank1_identification(real, real_labels, syn, syn_labels, metric: str) -> dic
 @dataclasses.dataclass
 class IdentityRelation:
     metric: str
-    hist: S.PairHistogram
+    hist: pairs.PairHistogram  # coarse (plots); moments over all pairs
     eer: float | None
     decidability: float | None
     at_thresholds: list[dict]
@@ -66,34 +66,33 @@ class IdentityRelation:
         mg, sg = self.hist.moments("genuine")
         mi, si = self.hist.moments("impostor")
         return {"n_genuine_pairs": self.hist.n_genuine, "n_impostor_pairs": self.hist.n_impostor,
-                "genuine_mean": C._num(S.to_native(self.metric, mg)), "genuine_std": C._num(sg),
-                "impostor_mean": C._num(S.to_native(self.metric, mi)), "impostor_std": C._num(si),
-                "eer": C._num(self.eer), "decidability": C._num(self.decidability),
+                "genuine_mean": calibration_lib._num(units.to_native(self.metric, mg)), "genuine_std": calibration_lib._num(sg),
+                "impostor_mean": calibration_lib._num(units.to_native(self.metric, mi)), "impostor_std": calibration_lib._num(si),
+                "eer": calibration_lib._num(self.eer), "decidability": calibration_lib._num(self.decidability),
                 "at_thresholds": self.at_thresholds, "rank1_identification": self.rank1}
 
 
-def identity_relation(real, real_labels, syn, syn_labels, calibration: C.Calibration, *, metric: str,
-                      nbins: int = 1 << 16, block: int = 1024) -> IdentityRelation:
+def identity_relation(real, real_labels, syn, syn_labels, calibration: calibration_lib.Calibration, *, metric: str,
+                      nbins: int = 1 << 16, plot_bins: int = 256, mesh=None) -> IdentityRelation:
     """Genuine (same label) vs impostor (different label) real-vs-synthetic score distributions."""
-    sets = S.PairSets(real, real_labels, syn, syn_labels, metric=metric, block=block)
-    bins = S.Bins(sets.range[0], sets.range[1], nbins)
-    hist = S.pair_histogram(sets, bins, progress="identity relation histogram")
+    bins = pairs.Bins(*pairs.score_range(real, syn, metric), nbins)
+    hist = pairs.histogram(real, real_labels, metric, bins, y=syn, y_labels=syn_labels, mesh=mesh,
+                           progress="identity relation histogram")
     mg, sg = hist.moments("genuine")
     mi, si = hist.moments("impostor")
-    taus = [t for t in calibration.thresholds]
-    ia, ga = S.count_above(sets, [t.tau for t in taus]) if taus else ([], [])
+    taus = list(calibration.thresholds)
     rows = []
-    for t, i_above, g_above in zip(taus, ia, ga):
-        rows.append({"fmr": t.fmr, "source": t.source, "tau_native": t.tau_native,
-                     "same_label_accepted": (int(g_above) / hist.n_genuine) if hist.n_genuine else None,
-                     "fnmr": (1 - int(g_above) / hist.n_genuine) if hist.n_genuine else None,
-                     "different_label_accepted": (int(i_above) / hist.n_impostor) if hist.n_impostor else None,
-                     "real_vs_real_fnmr": t.fnmr})
-    factor = max(1, nbins // 256)
-    hist_plot = S.PairHistogram(S.Bins(bins.lo, bins.hi, nbins // factor), hist.impostor.reshape(-1, factor).sum(1),
-                                hist.genuine.reshape(-1, factor).sum(1), hist.impostor_sum, hist.impostor_sumsq,
-                                hist.genuine_sum, hist.genuine_sumsq)
+    if taus:
+        _, above = pairs.count_above(real, real_labels, metric, [t.tau for t in taus], y=syn, y_labels=syn_labels,
+                                     mesh=mesh, progress="identity relation counts")
+        for t, (i_above, g_above) in zip(taus, above):
+            rows.append({"fmr": t.fmr, "source": t.source, "tau_native": t.tau_native,
+                         "same_label_accepted": (int(g_above) / hist.n_genuine) if hist.n_genuine else None,
+                         "fnmr": (1 - int(g_above) / hist.n_genuine) if hist.n_genuine else None,
+                         "different_label_accepted": (int(i_above) / hist.n_impostor) if hist.n_impostor else None,
+                         "real_vs_real_fnmr": t.fnmr})
     return IdentityRelation(
-        metric=metric, hist=hist_plot, eer=C._eer_from_hist(hist.impostor, hist.genuine),
-        decidability=C.decidability(mg, sg, mi, si) if hist.n_genuine and hist.n_impostor else None,
+        metric=metric, hist=hist.coarsen(plot_bins),
+        eer=calibration_lib.exact_eer_of_pairs(real, real_labels, metric, bins, hist, y=syn, y_labels=syn_labels, mesh=mesh),
+        decidability=stats.decidability(mg, sg, mi, si) if hist.n_genuine and hist.n_impostor else None,
         at_thresholds=rows, rank1=rank1_identification(real, real_labels, syn, syn_labels, metric))

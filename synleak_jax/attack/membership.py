@@ -12,6 +12,9 @@ from typing import Sequence
 
 import numpy as np
 
+from synleak_jax import units
+from synleak_jax.attack import stats
+
 
 @dataclasses.dataclass
 class Roc:
@@ -21,22 +24,14 @@ class Roc:
 
 
 def roc_curve(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> Roc:
-    """Exact ROC over all distinct thresholds (predict member when score >= threshold), ties grouped."""
+    """Exact ROC over all distinct thresholds (predict member when score >= threshold), ties grouped: the
+    operating points of ``stats.descending_sweep`` with the "nothing predicted" point first."""
     pos = np.asarray(member_scores, np.float64).ravel()
     neg = np.asarray(nonmember_scores, np.float64).ravel()
     if pos.size == 0 or neg.size == 0:
         raise ValueError("membership metrics need at least one member and one non-member score")
-    s = np.concatenate([pos, neg])
-    y = np.concatenate([np.ones(pos.size), np.zeros(neg.size)])
-    order = np.argsort(-s, kind="stable")
-    s, y = s[order], y[order]
-    last_of_group = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
-    tp = np.cumsum(y)[last_of_group]
-    fp = (last_of_group + 1) - tp
-    tpr = np.r_[0.0, tp / pos.size]
-    fpr = np.r_[0.0, fp / neg.size]
-    thr = np.r_[np.inf, s[last_of_group]]
-    return Roc(fpr, tpr, thr)
+    values, pos_ge, neg_ge = stats.descending_sweep(pos, neg)
+    return Roc(np.r_[0.0, neg_ge / neg.size], np.r_[0.0, pos_ge / pos.size], np.r_[np.inf, values])
 
 
 def auc(roc: Roc) -> float:
@@ -71,7 +66,6 @@ class MembershipResult:
     nonmember_scores: np.ndarray
 
     def summary(self, metric: str | None = None) -> dict:
-        from synleak_jax.attack.scores import to_native
         thr = self.balanced_accuracy_threshold
         return {
             "score": self.score_name,
@@ -79,7 +73,7 @@ class MembershipResult:
             "n_nonmembers": self.n_nonmembers,
             "auc": self.auc,
             "balanced_accuracy": self.balanced_accuracy,
-            "balanced_accuracy_threshold": thr if metric is None else float(to_native(metric, thr)),
+            "balanced_accuracy_threshold": thr if metric is None else float(units.to_native(metric, thr)),
             "tpr_at_fpr": dict(self.tpr_at_fpr),
             "member_score_mean": float(np.mean(self.member_scores)),
             "nonmember_score_mean": float(np.mean(self.nonmember_scores)),

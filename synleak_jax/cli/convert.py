@@ -13,9 +13,9 @@ See docs/weights.md.
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags, logging
+
+from synleak_jax.cli import common
 
 _WEIGHTS = flags.DEFINE_string("weights", None, "Weights file to convert (.pt/.pth/.ckpt, .onnx, dlib .dat).")
 _MODEL = flags.DEFINE_string("model", None, "Registry model name (default: inferred from the weights).")
@@ -32,8 +32,7 @@ if "overwrite" not in flags.FLAGS:
 
 
 def _fail(message: str) -> None:
-    print(f"synleak-convert: error: {message}", file=sys.stderr)
-    sys.exit(1)
+    common.fail("synleak-convert", message)
 
 
 def convert(weights: str, out: str, model: str | None = None, overwrite: bool = False,
@@ -72,8 +71,10 @@ def main(argv) -> None:
             loader.check_model_name(_MODEL.value)
         except loader.UnknownModelError as e:
             raise app.UsageError(f"--model: {e}") from None
-    errors = (FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError, loader.WeightsFormatError,
-              torch_pickle.TorchFileError, orbax_io.CheckpointError, WeightMappingError)
+    # OSError: any file-system failure (missing file, EACCES, EIO, ...); write failures (EROFS, ENOSPC) arrive
+    # as CheckpointError naming --out. Each is one line, never a traceback.
+    errors = (OSError, loader.WeightsFormatError, torch_pickle.TorchFileError, orbax_io.CheckpointError,
+              WeightMappingError)
     try:
         from synleak_jax.weights.convert_dlib import DlibFormatError
 
@@ -83,6 +84,8 @@ def main(argv) -> None:
     try:
         summary = convert(_WEIGHTS.value, _OUT.value, _MODEL.value, flags.FLAGS.overwrite, _OPAQUE.value)
     except errors as e:
+        if common.debug_enabled():
+            raise
         _fail(str(e))
     print(f"model:       {summary['model']}")
     print(f"parameters:  {summary['parameters']:,}")
@@ -92,7 +95,7 @@ def main(argv) -> None:
 
 
 def run() -> None:
-    app.run(main)
+    common.run_program(main, doc=__doc__, extra_flags=("overwrite",))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
+from synleak_jax.cli import common
+
 FACENET_PYTORCH_VERSION = "2.6.0"
 
 _WHEEL = flags.DEFINE_string("wheel", None, "Path to an already-downloaded facenet-pytorch wheel (copied into "
@@ -111,7 +113,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    common.run_program(main, doc=__doc__)
 
 
 if __name__ == "__main__":

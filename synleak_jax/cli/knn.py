@@ -1,4 +1,4 @@
-"""synleak-knn: exact top-k between two embedding stores (or .npy files), written incrementally with resume.
+r"""synleak-knn: exact top-k between two embedding stores (or .npy files), written incrementally with resume.
 
   synleak-knn --config.queries=/stores/dcface_r100 --config.database=/stores/casia_r100 \
       --config.output=/out/knn_dcface_casia --config.knn.k=10
@@ -10,7 +10,7 @@ Output directory:
                            [query_start, query_stop); written atomically, one per `write_block` queries
   topk.npz                 (at the end) scores [nq, k], indices [nq, k], and, for stores, query_record_ids [nq]
                            and db_record_ids [nq, k] (record ids in the sources)
-A killed run resumes by skipping the parts already on disk.
+A killed run resumes by skipping the parts already on disk. ``--show_config`` lists every field.
 """
 
 from __future__ import annotations
@@ -18,36 +18,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import ConfigDict, config_flags
+from absl import app, logging
+from ml_collections import ConfigDict
+
+from synleak_jax.cli import common
+from synleak_jax.config import knn_config
+from synleak_jax.files import atomic_save_npz
 
 
-def default_config() -> ConfigDict:
-    c = ConfigDict()
-    c.queries = ""  # embedding store directory or .npy file [nq, D]
-    c.database = ""  # embedding store directory or .npy file [ndb, D]
-    c.output = ""  # output directory
-    c.overwrite = False
-    c.knn = ConfigDict()
-    c.knn.k = 10
-    c.knn.precision = "float32"  # or bf16_certified
-    c.knn.selection = "tiled"
-    c.knn.tile = 32
-    c.knn.query_block = 0  # 0 = search.exact.default_blocks() for the backend (CPU 1024, GPU 4096)
-    c.knn.db_block = 0  # 0 = default (CPU 2048, GPU 65536)
-    c.knn.write_block = 16384  # queries per output part (the unit of resume)
-    c.knn.sharded = False  # shard the database over all devices (sharded_exact_topk)
-    # glibc: one malloc arena, so buffers freed by XLA's worker threads are reused instead of piling up in
-    # per-thread heaps (search.hostmem.limit_malloc_retention); False keeps glibc's default
-    c.malloc_single_arena = True
-    return c
-
-
-_CONFIG = config_flags.DEFINE_config_dict("config", default_config(), "synleak-knn settings.")
+_CONFIG = common.define_config_dict_flag("config", knn_config(), "synleak-knn settings (every field: --show_config).")
 
 
 def open_embeddings(path: str, what: str):
@@ -75,26 +57,16 @@ def open_embeddings(path: str, what: str):
     raise app.UsageError(f"--config.{what}={path!r} is neither an embedding store directory nor a .npy file")
 
 
-def _atomic_savez(dest: str, **arrays) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _needs_whole_database(precision: str) -> bool:
-    from synleak_jax.search.exact import auto_precision
+    from synleak_jax.search.exact import fastest_exact_precision
 
-    return (auto_precision() if precision == "auto" else precision) == "bf16_certified"
+    return (fastest_exact_precision() if precision == "auto" else precision) == "bf16_certified"
 
 
 def run_knn(cfg: ConfigDict) -> str:
     """Runs the search described by cfg; returns the path of topk.npz."""
-    from synleak_jax.search.exact import check_block, check_k, exact_topk
+    from synleak_jax.search.engine import Source, check_k, check_positive_int
+    from synleak_jax.search.exact import exact_topk
 
     q, q_ids, q_fp = open_embeddings(cfg.queries, "queries")
     db, db_ids, db_fp = open_embeddings(cfg.database, "database")
@@ -103,12 +75,12 @@ def run_knn(cfg: ConfigDict) -> str:
     if len(q.shape) != 2 or len(db.shape) != 2 or q.shape[1] != db.shape[1]:
         raise app.UsageError(f"queries {tuple(q.shape)} and database {tuple(db.shape)} must be [n, D] with equal D")
     k = check_k(cfg.knn.k, db.shape[0], "--config.knn.k")
-    wb = check_block(cfg.knn.write_block, "--config.knn.write_block")
+    wb = check_positive_int(cfg.knn.write_block, "--config.knn.write_block")
     search = {key: cfg.knn[key] for key in ("precision", "selection", "tile", "query_block", "db_block")}
     search["query_block"] = search["query_block"] or None
     search["db_block"] = search["db_block"] or None
     manifest = {"format_version": 1, "queries": q_fp, "database": db_fp, "k": k, "write_block": wb,
-                "search": search, "sharded": bool(cfg.knn.sharded)}
+                "search": search}
     out = cfg.output
     parts = os.path.join(out, "parts")
     mpath = os.path.join(out, "manifest.json")
@@ -130,11 +102,9 @@ def run_knn(cfg: ConfigDict) -> str:
         json.dump(manifest, f, indent=1, sort_keys=True)
     os.replace(mpath + ".tmp", mpath)
 
-    if not cfg.knn.sharded and not isinstance(db, np.ndarray) and _needs_whole_database(cfg.knn.precision):
+    if not isinstance(db, np.ndarray) and _needs_whole_database(cfg.knn.precision):
         # the group screen puts the whole database on the device for every part: read a store once into
         # aligned memory (used in place by the CPU backend) instead of copying it again per part
-        from synleak_jax.search.exact import Source
-
         db = Source(db, "database").aligned_host()
     nq = q.shape[0]
     n_parts = -(-nq // wb)
@@ -146,13 +116,8 @@ def run_knn(cfg: ConfigDict) -> str:
         if os.path.exists(dest):
             continue
         qa = q[a:b]
-        if cfg.knn.sharded:
-            from synleak_jax.search.sharded import sharded_exact_topk
-
-            s, i = sharded_exact_topk(qa, db, k, **search)
-        else:
-            s, i = exact_topk(qa, db, k, **search)
-        _atomic_savez(dest, scores=s, indices=i.astype(np.int64), query_start=a, query_stop=b)
+        s, i = exact_topk(qa, db, k, **search)  # on every device of every process
+        atomic_save_npz(dest, scores=s, indices=i.astype(np.int64), query_start=a, query_stop=b)
         done_now += b - a
         rate = done_now / (time.perf_counter() - t0)
         left = sum(min(nq, (j + 1) * wb) - j * wb for j in range(p + 1, n_parts))
@@ -170,7 +135,7 @@ def run_knn(cfg: ConfigDict) -> str:
     if db_ids is not None:
         extra["db_record_ids"] = np.asarray(db_ids, np.int64)[indices]
     final = os.path.join(out, "topk.npz")
-    _atomic_savez(final, scores=scores, indices=indices, **extra)
+    atomic_save_npz(final, scores=scores, indices=indices, **extra)
     logging.info("synleak-knn: wrote %s (%d queries x k=%d)", final, nq, k)
     return final
 
@@ -183,13 +148,14 @@ def main(argv):
 
         limit_malloc_retention()
     try:
-        run_knn(_CONFIG.value)
+        with common.output_dir_guard(_CONFIG.value.output or "."):  # no empty output directory after a failure
+            run_knn(_CONFIG.value)
     except ValueError as e:  # bad inputs (NaN rows, shapes) from the search: one clear line
         raise app.UsageError(str(e)) from None
 
 
 def run():
-    app.run(main)
+    common.run_program(main, doc=__doc__, config=_CONFIG, schema=knn_config)
 
 
 if __name__ == "__main__":

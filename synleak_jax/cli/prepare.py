@@ -16,6 +16,8 @@ import os
 
 from absl import app, flags, logging
 
+from synleak_jax.cli import common
+
 _DATASET = flags.DEFINE_string("dataset", None, "Dataset name (casia_webface, ffhq, dcface, idiff_face_uniform, "
                                "idiff_face_two_stage, sface, idnet, gandiffface).")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Directory holding your copy of the dataset.")
@@ -37,7 +39,8 @@ def main(argv):
     if _DATASET.value not in tfds_builders.BUILDERS:
         raise app.UsageError(f"--dataset={_DATASET.value!r}: choose one of {', '.join(sorted(tfds_builders.BUILDERS))}")
     try:
-        builder = tfds_builders.prepare(_DATASET.value, _MANUAL_DIR.value, _DATA_DIR.value, _FILE_FORMAT.value)
+        with common.output_dir_guard(_DATA_DIR.value):  # no empty data_dir after a failure
+            builder = tfds_builders.prepare(_DATASET.value, _MANUAL_DIR.value, _DATA_DIR.value, _FILE_FORMAT.value)
     except rejects.DataError as e:
         raise app.UsageError(str(e)) from None
     src = tfds_builders.TfdsSource(builder_dir=os.fspath(builder.data_dir))
@@ -60,7 +63,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    common.run_program(main, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -96,15 +96,18 @@ def decode_rgb(
       uint8 ``[H, W, 3]`` (``[height, width, 3]`` when ``size`` is given).
 
     Raises:
-      RecordError: EMPTY_FILE, NOT_AN_IMAGE, TRUNCATED, TOO_MANY_PIXELS or BAD_IMAGE_MODE.
+      RecordError: EMPTY_FILE, NOT_AN_IMAGE, TRUNCATED, TOO_MANY_PIXELS, BAD_IMAGE_MODE or OUT_OF_MEMORY.
     """
     if not data:
         raise rejects.RecordError(rejects.EMPTY_FILE, where)
-    if _simplejpeg is not None and data[:3] == b"\xff\xd8\xff":
-        rgb = _decode_jpeg_fast(data, where, size, max_pixels)
-        if rgb is not None:
-            return rgb if size is None else resize_rgb(rgb, size[0], size[1])
-    return _decode_pil(data, where, size, max_pixels)
+    try:
+        if _simplejpeg is not None and data[:3] == b"\xff\xd8\xff":
+            rgb = _decode_jpeg_fast(data, where, size, max_pixels)
+            if rgb is not None:
+                return rgb if size is None else resize_rgb(rgb, size[0], size[1])
+        return _decode_pil(data, where, size, max_pixels)
+    except MemoryError:  # never escapes a reader: the record is a reject, the run goes on
+        raise rejects.RecordError(rejects.OUT_OF_MEMORY, f"{where}: {len(data)} encoded bytes") from None
 
 
 def _draft_scale(w: int, h: int, size: tuple[int, int]) -> int:
@@ -162,6 +165,8 @@ def _decode_pil(data: bytes, where: str, size: tuple[int, int] | None, max_pixel
             rgb = _pil_to_rgb_array(img, where)
     except rejects.RecordError:
         raise
+    except MemoryError:
+        raise rejects.RecordError(rejects.OUT_OF_MEMORY, f"{where}: {len(data)} encoded bytes") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise rejects.RecordError(rejects.TOO_MANY_PIXELS, f"{where}: {e}") from None
     except Image.UnidentifiedImageError:
@@ -178,6 +183,31 @@ def _decode_pil(data: bytes, where: str, size: tuple[int, int] | None, max_pixel
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+#: Leading bytes of the image formats a face dataset may hold (JPEG, PNG, GIF, BMP, TIFF/BigTIFF, JPEG 2000 box and
+#: codestream, ICO); WebP (``RIFF....WEBP``) and PNM (``P1``..``P6``) are tested separately.
+_SIGNATURES = (b"\xff\xd8\xff", _PNG_SIGNATURE, b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*", b"II+\x00",
+               b"MM\x00+", b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51", b"\x00\x00\x01\x00")
+
+
+def has_image_signature(head: bytes) -> bool:
+    """True if ``head`` (the first bytes of a file) starts like an image in a format listed in docs/data.md."""
+    if head.startswith(_SIGNATURES):
+        return True
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    return len(head) >= 3 and head[0:1] == b"P" and head[1:2] in b"123456" and head[2:3] in b" \t\r\n#"
+
+
+def check_signature(head: bytes, where: str) -> None:
+    """Raises the reject NOT_AN_IMAGE unless ``head`` starts with a known image signature.
+
+    Used by the folder sources on the first 64 KiB of every file larger than that, before the rest is read, so a
+    large (or sparse) file that is not an image costs 64 KiB of I/O and memory, not its size. Files up to 64 KiB
+    are read whole and classified by the decoder as before.
+    """
+    if not has_image_signature(head):
+        raise rejects.RecordError(rejects.NOT_AN_IMAGE, f"{where}: no image signature in the first bytes")
 
 
 def _missing_end_marker(data: bytes) -> bool:

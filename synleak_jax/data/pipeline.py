@@ -2,7 +2,8 @@
 
 Every batch is a dict of numpy arrays with leading dimension ``batch_size`` (docs/architecture.md):
 
-* ``image``       float32 ``[B, H, W, 3]`` normalised by the model's :class:`InputSpec` (channel order applied);
+* ``image``       float32 ``[B, H, W, 3]``: the stored colour order undone (``channel_order``, data/channels.py),
+                  then normalised by the model's :class:`InputSpec` (its channel order applied);
                   all zeros for padding and rejected rows;
 * ``valid``       bool ``[B]``: True only for records that decoded (and aligned) correctly;
 * ``record_id``   int64 ``[B]``: global index into the source, -1 for padding;
@@ -21,7 +22,6 @@ workers re-import it).
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable, Iterator
 
@@ -29,7 +29,7 @@ import grain
 import numpy as np
 from absl import flags, logging
 
-from synleak_jax.data import decode, rejects
+from synleak_jax.data import channels, decode, rejects
 
 AlignFn = Callable[[np.ndarray], "np.ndarray | None"]
 
@@ -63,17 +63,20 @@ class LoadRecord:
     """Picklable per-record transform: local position -> dict(image uint8 [H,W,3], record_id, label, reject_code).
 
     Runs in grain workers. Any :class:`rejects.RecordError` (read, decode, pixel limit, alignment) becomes a
-    reject row; any other exception from ``align_fn`` too (code ALIGN_FAILED), so one bad record never stops
-    the pipeline.
+    reject row; any other exception from ``align_fn`` too (code ALIGN_FAILED), an ``OSError`` below the source
+    UNREADABLE, a ``MemoryError`` OUT_OF_MEMORY, and anything else UNEXPECTED (logged with its traceback), so one
+    bad record never stops the pipeline. ``swap``: reverse the decoded channels (stored BGR, see data/channels.py)
+    before alignment and resizing.
     """
 
     def __init__(self, source, ids: np.ndarray, height: int, width: int, align_fn: AlignFn | None = None,
-                 max_pixels: int = decode.DEFAULT_MAX_PIXELS):
+                 max_pixels: int = decode.DEFAULT_MAX_PIXELS, swap: bool = False):
         self.source = source
         self.ids = np.asarray(ids, dtype=np.int64)
         self.height, self.width = int(height), int(width)
         self.align_fn = align_fn
         self.max_pixels = int(max_pixels)
+        self.swap = bool(swap)
 
     def __call__(self, pos: int) -> dict:
         h, w = self.height, self.width
@@ -88,8 +91,12 @@ class LoadRecord:
             where = f"record {rid}"
             if self.align_fn is None:
                 rgb = decode.decode_rgb(data, where, size=(h, w), max_pixels=self.max_pixels)
+                if self.swap:  # per-channel resize commutes with the swap: swap the small image
+                    rgb = np.ascontiguousarray(rgb[..., ::-1])
             else:
                 rgb = decode.decode_rgb(data, where, size=None, max_pixels=self.max_pixels)
+                if self.swap:  # the detector needs true RGB
+                    rgb = np.ascontiguousarray(rgb[..., ::-1])
                 rgb = self._align(rgb, where)
                 rgb = decode.resize_rgb(rgb, h, w)
             code = 0
@@ -99,6 +106,13 @@ class LoadRecord:
                 label = self._safe_label(rid)
         except OSError:  # I/O error below the source (EIO, stale NFS handle, ...): reject, keep going
             rgb, code = np.zeros((h, w, 3), np.uint8), rejects.UNREADABLE
+            label = self._safe_label(rid)
+        except MemoryError:
+            rgb, code = np.zeros((h, w, 3), np.uint8), rejects.OUT_OF_MEMORY
+            label = self._safe_label(rid)
+        except Exception:  # a bug or a foreign library's error on one record: keep the run, report it loudly
+            logging.exception("unexpected error reading record %d (rejected as UNEXPECTED)", rid)
+            rgb, code = np.zeros((h, w, 3), np.uint8), rejects.UNEXPECTED
             label = self._safe_label(rid)
         return {"image": rgb, "record_id": rid, "label": int(label), "reject_code": code}
 
@@ -215,7 +229,8 @@ class Pipeline:
     def __init__(self, source, spec, batch_size: int, process_index: int = 0, process_count: int = 1,
                  num_workers: int = 0, *, align_fn: AlignFn | None = None, shard: str = "contiguous",
                  max_pixels: int = decode.DEFAULT_MAX_PIXELS, normalize: bool = True, start_batch: int = 0,
-                 read_threads: int | None = None, worker_buffer: int = 2, log_every_s: float = 30.0):
+                 read_threads: int | None = None, worker_buffer: int = 2, log_every_s: float = 30.0,
+                 channel_order: str = "auto"):
         if isinstance(spec, str):
             from synleak_jax.models.registry import get_spec
             spec = get_spec(spec)
@@ -233,7 +248,10 @@ class Pipeline:
         if not 0 <= start_batch <= self.num_batches:
             raise ValueError(f"start_batch {start_batch} not in [0, {self.num_batches}]")
         self.start_batch = int(start_batch)
-        self._load = LoadRecord(source, self.ids, spec.height, spec.width, align_fn, max_pixels)
+        #: The stored colour order, resolved for this source (applied right after decoding, before InputSpec's).
+        self.channel_order = channels.resolve_channel_order(channel_order, source)
+        self._load = LoadRecord(source, self.ids, spec.height, spec.width, align_fn, max_pixels,
+                                swap=self.channel_order.swap)
         # With worker processes the batches cross process boundaries as uint8 (4x less shared memory to write,
         # map and copy than float32) and are normalised here on arrival (same operations, same bits).
         self._collate = CollateNormalize(spec, normalize and self.num_workers == 0)
@@ -248,6 +266,10 @@ class Pipeline:
 
     def __len__(self) -> int:
         return self.num_batches
+
+    def describe_preprocessing(self) -> dict:
+        """Data-layer settings that change the pixels, for the embedding-store manifest."""
+        return {"channel_order": self.channel_order.to_dict(), "max_pixels": self._load.max_pixels}
 
     def dataset(self) -> "grain.IterDataset":
         """The grain dataset (positions padded to a whole number of batches)."""
@@ -295,7 +317,8 @@ def make_pipeline(source, spec, batch_size: int, process_index: int = 0, process
       num_workers: grain worker processes for decoding (0 = in this process).
       kwargs: align_fn, shard ("contiguous"/"strided"), max_pixels, normalize, start_batch, read_threads
         (decode threads per process; default min(4, cpus) without workers, 0 inside workers; batches and
-        their order do not depend on it).
+        their order do not depend on it), channel_order ("rgb" | "bgr" | "auto": the order of the stored
+        pixels, see data/channels.py; resolved into ``pipeline.channel_order``).
     """
     return Pipeline(source, spec, batch_size, process_index, process_count, num_workers, **kwargs)
 

@@ -25,6 +25,17 @@ BAD_RECORD = 7
 ALIGN_FAILED = 8
 MISSING_FILE = 9
 BAD_IMAGE_MODE = 10
+FIFO = 11
+DEVICE = 12
+SOCKET = 13
+DIRECTORY = 14
+TOO_LARGE = 15
+OUT_OF_MEMORY = 16
+BAD_LABEL = 17
+DUPLICATE_RECORD = 18
+NOT_IN_LIST = 19
+NOT_IN_RECORD = 20
+UNEXPECTED = 21
 
 #: reason code -> short human-readable reason.
 REASONS: dict[int, str] = {
@@ -35,10 +46,21 @@ REASONS: dict[int, str] = {
     TRUNCATED: "truncated image data",
     TOO_MANY_PIXELS: "image exceeds the pixel limit (possible decompression bomb)",
     PATH_ESCAPE: "path resolves outside the dataset root (symlink escape)",
-    BAD_RECORD: "malformed RecordIO record (bad magic, length or header)",
+    BAD_RECORD: "malformed record (RecordIO magic, length or header; or a corrupt prepared TFDS record)",
     ALIGN_FAILED: "face detection/alignment rejected the image",
     MISSING_FILE: "file listed but no longer present",
     BAD_IMAGE_MODE: "image mode cannot be converted to RGB",
+    FIFO: "named pipe (FIFO), not a regular file",
+    DEVICE: "character or block device, not a regular file",
+    SOCKET: "socket, not a regular file",
+    DIRECTORY: "directory, not a regular file",
+    TOO_LARGE: "file or record exceeds the size cap (max_file_bytes)",
+    OUT_OF_MEMORY: "reading or decoding ran out of memory",
+    BAD_LABEL: "label is not a finite integer >= 0 (NaN, inf, fraction, negative or out of range)",
+    DUPLICATE_RECORD: "record listed twice (a second .idx key at the same offset, or an index repeated in list.txt)",
+    NOT_IN_LIST: "record has no entry in list.txt (identity and name unknown)",
+    NOT_IN_RECORD: "list.txt entry has no record in the .idx/.rec",
+    UNEXPECTED: "unexpected error while reading or decoding (traceback in the log; please report it)",
 }
 
 

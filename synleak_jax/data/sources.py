@@ -4,18 +4,27 @@ Every source has ``len(src)``, ``src[i] -> bytes`` (the encoded image; raises :c
 ``src.label(i) -> int`` (-1 if unlabelled), ``src.describe(i) -> str`` (path or file:offset),
 ``src.read_rgb(i) -> uint8 [H, W, 3]``, ``src.fingerprint() -> str`` and ``src.num_classes`` (or None).
 Order is deterministic (sorted names), so record ids are stable across runs and machines.
+
+Names: ``describe(i)`` is a display string (``safe_paths.display_path``): one line, always UTF-8-encodable, equal
+to the path for ordinary names, with undecodable bytes and control characters escaped. The exact name of a folder
+record is ``path(i)`` / ``relpath(i)``: an OS string (undecodable bytes as ``surrogateescape`` surrogates) for
+which ``os.fsencode`` gives back the bytes on disk; ``json.dumps`` (default ``ensure_ascii=True``) round-trips it.
+
+Fingerprints hash an unambiguous encoding of the listing (each name length-prefixed, sizes and labels as
+fixed-width integers), so no two different listings share one (names may contain tabs and newlines).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from typing import Iterator
 
 import numpy as np
 from absl import logging
 
-from synleak_jax.data import decode, rejects, safe_paths
+from synleak_jax.data import channels, decode, rejects, safe_paths
 
 #: Extensions recognised as images (compared lower-case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -29,6 +38,8 @@ class Source:
 
     num_classes: int | None = None
     class_names: list[str] | None = None
+    #: A recognised published release (key of ``channels.KNOWN_RELEASES``), or None.
+    release: str | None = None
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -40,6 +51,7 @@ class Source:
         return -1
 
     def describe(self, i: int) -> str:
+        """Where record ``i`` lives, as a one-line UTF-8-safe display string (``safe_paths.display_path``)."""
         raise NotImplementedError
 
     def fingerprint(self) -> str:
@@ -63,20 +75,35 @@ class Source:
         return np.asarray([self.label(i) for i in range(len(self))], dtype=np.int64)
 
     def read_rgb(self, i: int, size: tuple[int, int] | None = None,
-                 max_pixels: int = decode.DEFAULT_MAX_PIXELS) -> np.ndarray:
-        """Decoded uint8 RGB ``[H, W, 3]`` of record ``i`` (optionally resized to (height, width))."""
-        return decode.decode_rgb(self[i], self.describe(i), size=size, max_pixels=max_pixels)
+                 max_pixels: int = decode.DEFAULT_MAX_PIXELS, channel_order: str = "auto") -> np.ndarray:
+        """Decoded uint8 RGB ``[H, W, 3]`` of record ``i`` (optionally resized to (height, width)), with the
+        stored colour order ``channel_order`` ("rgb" | "bgr" | "auto", see data/channels.py) undone."""
+        order = channels.resolve_channel_order(channel_order, self)
+        rgb = decode.decode_rgb(self[i], self.describe(i), size=size, max_pixels=max_pixels)
+        return channels.to_rgb(rgb, order)
 
     def read_record(self, i: int) -> tuple[bytes, int]:
         """(encoded bytes, label) of record ``i`` in one read (RecordIO gets both from one record)."""
         return self[i], self.label(i)
 
 
-class _Listing:
-    """Compact, picklable listing of relative paths (one bytes blob + offsets)."""
+class Listing:
+    """Compact, picklable listing of names (one bytes blob + int64 offsets: ~8 bytes per name over the names).
 
-    def __init__(self, rel_paths: list[str]):
-        enc = [p.encode("utf-8", "surrogateescape") for p in rel_paths]
+    ``Listing(names)`` takes OS strings; ``Listing.from_bytes(raw)`` takes the bytes on disk. ``listing[i]`` is the
+    OS string (``os.fsdecode``, surrogateescape), ``listing.raw(i)`` the bytes.
+    """
+
+    def __init__(self, names: list[str]):
+        self._set([os.fsencode(p) for p in names])
+
+    @classmethod
+    def from_bytes(cls, raw: list[bytes]) -> "Listing":
+        out = cls.__new__(cls)
+        out._set(raw)
+        return out
+
+    def _set(self, enc: list[bytes]) -> None:
         self.blob = b"".join(enc)
         self.offsets = np.zeros(len(enc) + 1, dtype=np.int64)
         np.cumsum([len(e) for e in enc], out=self.offsets[1:])
@@ -84,8 +111,11 @@ class _Listing:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
+    def raw(self, i: int) -> bytes:
+        return self.blob[self.offsets[i]:self.offsets[i + 1]]
+
     def __getitem__(self, i: int) -> str:
-        return self.blob[self.offsets[i]:self.offsets[i + 1]].decode("utf-8", "surrogateescape")
+        return os.fsdecode(self.raw(i))
 
 
 def _is_image_name(name: str) -> bool:
@@ -99,7 +129,8 @@ def _scan_files(root_real: str, rel_dir: str, under_link: bool, recursive: bool,
     try:
         entries = sorted(os.scandir(d), key=lambda e: e.name)
     except OSError as e:
-        raise rejects.DataError(f"cannot list dataset directory {d!r}: {e.strerror or e}") from None
+        raise rejects.DataError(
+            f"cannot list dataset directory {safe_paths.display_path(d)}: {e.strerror or e}") from None
     for e in entries:
         rel = os.path.join(rel_dir, e.name) if rel_dir else e.name
         link = e.is_symlink()
@@ -132,22 +163,70 @@ def _scan_files(root_real: str, rel_dir: str, under_link: bool, recursive: bool,
         out.append((rel, size, flag, resolved))
 
 
+def listing_fingerprint(kind: str, names: list[str], sizes: list[int], labels: list[int]) -> str:
+    """sha256 of a listing in an unambiguous encoding (format tag ``synleak-listing-v2``).
+
+    Each entry is ``uint64 len(name) | name bytes (os.fsencode) | int64 size | int64 label``, after a
+    length-prefixed ``kind``: no choice of names (tabs, newlines, any bytes) makes two listings encode alike.
+    """
+    h = hashlib.sha256(b"synleak-listing-v2\0")
+    k = kind.encode()
+    h.update(struct.pack("<Q", len(k)) + k)
+    h.update(struct.pack("<Q", len(names)))
+    for name, size, label in zip(names, sizes, labels):
+        b = os.fsencode(name)
+        h.update(struct.pack("<Q", len(b)) + b + struct.pack("<qq", int(size), int(label)))
+    return h.hexdigest()
+
+
+def content_fingerprint(source: Source) -> str:
+    """sha256 of a dataset's listing and of every record's bytes (format tag ``synleak-content-v1``).
+
+    Unlike :meth:`Source.fingerprint` (names, sizes and labels), this changes when an image's bytes change at the
+    same size. It reads every record once through the source's own safe reads (one at a time: memory is one
+    record); a record that cannot be read contributes its reject code, so a rejected file fingerprints
+    deterministically. Encoding: ``uint64 len | listing fingerprint | uint64 N``, then per record ``0x00 | uint64
+    size | sha256(bytes)`` or ``0x01 | int64 reject code``: unambiguous. Used by the door when a dataset's
+    ``fingerprint`` option is ``"content"``.
+    """
+    h = hashlib.sha256(b"synleak-content-v1\0")
+    listing = source.fingerprint().encode()
+    h.update(struct.pack("<Q", len(listing)) + listing + struct.pack("<Q", len(source)))
+    for i in range(len(source)):
+        try:
+            data = source.read_bytes(i)
+        except rejects.RecordError as e:
+            h.update(b"\x01" + struct.pack("<q", int(e.code)))
+            continue
+        h.update(b"\x00" + struct.pack("<Q", len(data)) + hashlib.sha256(data).digest())
+    return h.hexdigest()
+
+
 class _FolderSource(Source):
-    """Shared implementation of the folder sources (listing, safe reads, describe, fingerprint)."""
+    """Shared implementation of the folder sources (listing, safe reads, describe, fingerprint).
+
+    Reads open regular files only, at most ``max_file_bytes`` each; files above 64 KiB must start with an image
+    signature before the rest is read (``safe_paths.read_bytes``, ``decode.check_signature``).
+    """
+
+    max_file_bytes: int = safe_paths.DEFAULT_MAX_FILE_BYTES
 
     def _init_listing(self, root, items: list, labels: list[int], kind: str):
         if not items:
-            raise rejects.DataError(
-                f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under dataset root {self.root!r}")
-        self._listing = _Listing([it[0] for it in items])
+            raise rejects.DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under dataset root "
+                                    f"{safe_paths.display_path(self.root)}")
+        self._listing = Listing([it[0] for it in items])
         self._sizes = np.asarray([it[1] for it in items], dtype=np.int64)
         self._flags = np.asarray([it[2] for it in items], dtype=np.uint8)
         self._resolved = {i: it[3] for i, it in enumerate(items) if it[2] != _PLAIN}
         self._labels = np.asarray(labels, dtype=np.int64)
-        h = hashlib.sha256(kind.encode())
-        for i, it in enumerate(items):
-            h.update(f"{it[0]}\t{it[1]}\t{labels[i]}\n".encode("utf-8", "surrogateescape"))
-        self._fingerprint = h.hexdigest()
+        self._fingerprint = listing_fingerprint(kind, [it[0] for it in items], [it[1] for it in items], labels)
+
+    def _set_cap(self, max_file_bytes: int | None) -> None:
+        cap = safe_paths.DEFAULT_MAX_FILE_BYTES if max_file_bytes in (None, 0) else int(max_file_bytes)
+        if cap < 1:
+            raise ValueError(f"max_file_bytes must be positive, got {max_file_bytes}")
+        self.max_file_bytes = cap
 
     def __len__(self) -> int:
         return len(self._listing)
@@ -156,10 +235,11 @@ class _FolderSource(Source):
         return self._listing[self._check(i)]
 
     def path(self, i: int) -> str:
+        """Exact absolute path (OS string; ``os.fsencode`` gives the bytes on disk)."""
         return os.path.join(self.root_real, self.relpath(i))
 
     def describe(self, i: int) -> str:
-        return self.path(i)
+        return safe_paths.display_path(self.path(i))
 
     def label(self, i: int) -> int:
         return int(self._labels[self._check(i)])
@@ -173,14 +253,17 @@ class _FolderSource(Source):
     def read_bytes(self, i: int) -> bytes:
         flag = self._flags[i]
         path = self.path(i)
+        where = safe_paths.display_path(path)
+        cap, check = self.max_file_bytes, decode.check_signature
         if flag == _ESCAPE:
-            raise rejects.RecordError(rejects.PATH_ESCAPE, f"{path} -> {self._resolved[i]}")
+            raise rejects.RecordError(rejects.PATH_ESCAPE, f"{where} -> {safe_paths.display_path(self._resolved[i])}")
         if flag == _LINK_INSIDE:
             # Re-check at read time: the link may have been changed since listing.
             if not safe_paths.is_within(self.root_real, path):
-                raise rejects.RecordError(rejects.PATH_ESCAPE, f"{path} -> {os.path.realpath(path)}")
-            return safe_paths.read_bytes(os.path.realpath(path), path, follow=False)
-        return safe_paths.read_bytes(path, path, follow=False)
+                raise rejects.RecordError(rejects.PATH_ESCAPE,
+                                          f"{where} -> {safe_paths.display_path(os.path.realpath(path))}")
+            return safe_paths.read_bytes(os.path.realpath(path), where, False, cap, check)
+        return safe_paths.read_bytes(path, where, False, cap, check)
 
     @property
     def num_skipped(self) -> int:
@@ -194,17 +277,20 @@ class ImageFolderSource(_FolderSource):
     Identities are the sub-directories of ``root`` in sorted order -> labels 0..C-1 (names kept in
     ``class_names``); images inside each identity folder (not recursive) in sorted order; any extension in
     :data:`IMAGE_EXTENSIONS`, case-insensitive. Identity folders with no image keep their label (so labels
-    match the release's class numbering) and are counted in ``empty_classes``.
+    match the release's class numbering) and are counted in ``empty_classes``. ``class_names`` are OS strings
+    (see the module docstring on names). ``max_file_bytes``: size cap per image file (None/0 = the default).
     """
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, max_file_bytes: int | None = None):
         self.root = os.fspath(root)
+        self._set_cap(max_file_bytes)
         self.root_real = safe_paths.real_root(self.root)
         skipped = [0]
         try:
             top = sorted(os.scandir(self.root_real), key=lambda e: e.name)
         except OSError as e:
-            raise rejects.DataError(f"cannot list dataset root {self.root!r}: {e.strerror or e}") from None
+            raise rejects.DataError(
+                f"cannot list dataset root {safe_paths.display_path(self.root)}: {e.strerror or e}") from None
         names, items, labels, empty = [], [], [], []
         for e in top:
             try:
@@ -249,8 +335,9 @@ class FlatFolderSource(_FolderSource):
     num_classes = None
     class_names = None
 
-    def __init__(self, root: str | os.PathLike, recursive: bool = True):
+    def __init__(self, root: str | os.PathLike, recursive: bool = True, max_file_bytes: int | None = None):
         self.root = os.fspath(root)
+        self._set_cap(max_file_bytes)
         self.root_real = safe_paths.real_root(self.root)
         skipped = [0]
         items: list = []
@@ -290,51 +377,7 @@ class ArraySource(Source):
         return self._labels.copy()
 
     def describe(self, i: int) -> str:
-        return f"{self.name}[{int(i)}]"
+        return f"{safe_paths.display_path(self.name)}[{int(i)}]"
 
     def fingerprint(self) -> str:
         return self._fingerprint
-
-
-def open_source(spec: str, **kwargs) -> Source:
-    """Opens a source from a string: ``folder:PATH``, ``flat:PATH``, ``recordio:PREFIX`` (or ``PATH.rec``),
-    ``bin:PATH.bin`` (images of a verification bin), ``tfds:NAME[:SPLIT]`` (needs ``data_dir=``) or
-    ``tfds:BUILDER_DIR`` (a prepared ``data_dir/name/version`` directory).
-
-    A bare path is guessed: ``*.rec``/``*.idx`` -> RecordIO, ``*.bin`` -> verification bin, a directory whose
-    entries are all directories -> image folder, otherwise flat folder.
-    """
-    kind, sep, rest = spec.partition(":")
-    if not sep or kind not in ("folder", "flat", "recordio", "bin", "tfds"):
-        kind, rest = _guess_kind(spec), spec
-    if kind == "folder":
-        return ImageFolderSource(rest)
-    if kind == "flat":
-        return FlatFolderSource(rest, **kwargs)
-    if kind == "recordio":
-        from synleak_jax.data import recordio
-        return recordio.RecordIOSource(rest)
-    if kind == "bin":
-        from synleak_jax.data import verification
-        return verification.load_bin(rest).images
-    from synleak_jax.data import tfds_builders
-    if os.path.isfile(os.path.join(rest, "dataset_info.json")):  # a prepared directory data_dir/name/version
-        return tfds_builders.TfdsSource(builder_dir=rest, **kwargs)
-    name, _, split = rest.partition(":")
-    return tfds_builders.TfdsSource(name, split=split or "train", **kwargs)
-
-
-def _guess_kind(path: str) -> str:
-    low = path.lower()
-    if low.endswith((".rec", ".idx")) or (os.path.exists(path + ".rec")):
-        return "recordio"
-    if low.endswith(".bin"):
-        return "bin"
-    if not os.path.isdir(path):
-        raise rejects.DataError(f"dataset path does not exist or is not a directory: {path!r}")
-    entries = [e for e in os.scandir(path) if not e.name.startswith(".")]
-    if entries and all(e.is_dir() for e in entries):
-        # root/<id>/<images> vs FFHQ's root/<00000>/<images>: FFHQ chunk folders hold 1000 images each and
-        # carry no identity; the caller should say flat:PATH for those. Default: identity folders.
-        return "folder"
-    return "flat"

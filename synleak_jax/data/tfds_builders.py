@@ -28,7 +28,8 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from synleak_jax.data import rejects
+from synleak_jax.data import rejects, safe_paths
+from synleak_jax.data.recordio import RecordIOSource
 from synleak_jax.data.sources import FlatFolderSource, ImageFolderSource, Source
 
 _VERSION = tfds.core.Version("1.0.0")
@@ -59,8 +60,10 @@ class _ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def make_source(self, manual_dir: str) -> Source:
         raise NotImplementedError
 
-    def _file_name(self, src: Source, i: int) -> str:
-        return src.relpath(i)
+    def _file_name(self, src: Source, i: int) -> bytes:
+        # The bytes on disk: a name that is not UTF-8 cannot be encoded as text, and TfdsSource.file_name
+        # decodes these bytes back to the same OS string (surrogateescape).
+        return os.fsencode(src.relpath(i))
 
     def _split_generators(self, dl_manager):
         manual_dir = os.fspath(dl_manager.manual_dir)
@@ -71,6 +74,7 @@ class _ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             "class_names": list(src.class_names) if src.class_names else None,
             "source_fingerprint": src.fingerprint(),
             "num_records": len(src),
+            "release": getattr(src, "release", None),
         })
         return {"train": self._generate_examples(src)}
 
@@ -102,9 +106,21 @@ class _IdentityFolderBuilder(_ManualBuilder, skip_registration=True):
 
 
 class Dcface(_IdentityFolderBuilder):
-    """DCFace synthetic release (identity folders of aligned 112x112 images)."""
+    """DCFace synthetic release: its RecordIO as published (``record/file.rec`` + ``file.idx`` + ``list.txt``, found
+    in ``manual_dir`` or ``manual_dir/record``), else identity folders (e.g. exported by DCFace's converter)."""
     name = "dcface"
-    DESCRIPTION = "DCFace synthetic face dataset (identity folders)."
+    DESCRIPTION = "DCFace synthetic face dataset (RecordIO with list.txt as released, or identity folders)."
+
+    def make_source(self, manual_dir: str) -> Source:
+        for cand in (os.path.join(manual_dir, "file.rec"), os.path.join(manual_dir, "record", "file.rec")):
+            if os.path.isfile(cand):
+                return RecordIOSource(cand)
+        return ImageFolderSource(manual_dir)
+
+    def _file_name(self, src, i: int) -> bytes:
+        if getattr(src, "list_path", None):
+            return os.fsencode(src.relpath(i) or f"{os.path.basename(src.rec_path)}:{src.key(i)}")
+        return super()._file_name(src, i)
 
 
 class IdiffFaceUniform(_IdentityFolderBuilder):
@@ -153,7 +169,6 @@ class CasiaWebface(_ManualBuilder):
     DESCRIPTION = "CASIA-WebFace, insightface RecordIO release (aligned 112x112 JPEGs, 10,572 identities)."
 
     def make_source(self, manual_dir: str) -> Source:
-        from synleak_jax.data.recordio import RecordIOSource
         for cand in [os.path.join(manual_dir, "train")] + [
                 os.path.join(manual_dir, d, "train") for d in sorted(os.listdir(manual_dir))
                 if os.path.isdir(os.path.join(manual_dir, d))]:
@@ -161,8 +176,8 @@ class CasiaWebface(_ManualBuilder):
                 return RecordIOSource(cand)
         raise rejects.DataError(f"no train.rec found in {manual_dir!r} or its sub-directories")
 
-    def _file_name(self, src, i: int) -> str:
-        return f"{os.path.basename(src.rec_path)}:{src.key(i)}"
+    def _file_name(self, src, i: int) -> bytes:
+        return os.fsencode(f"{os.path.basename(src.rec_path)}:{src.key(i)}")
 
 
 #: Builder classes by dataset name.
@@ -214,6 +229,7 @@ class TfdsSource(Source):
         meta = dict(b.info.metadata or {})
         self.num_classes = meta.get("num_classes")
         self.class_names = meta.get("class_names")
+        self.release = meta.get("release")  # a recognised release keeps its known channel order
         h = hashlib.sha256(f"tfds\t{self.name}\t{b.info.version}\t{split}\t{self._len}\n".encode())
         h.update(str(meta.get("source_fingerprint")).encode())
         for fi in b.info.splits[split].file_instructions:
@@ -237,32 +253,61 @@ class TfdsSource(Source):
     def _row(self, i: int) -> dict:
         return self._source()[int(i)]
 
+    def _where(self, i: int) -> str:
+        return f"tfds:{self.name}/{self.split}[{int(i)}] in {safe_paths.display_path(self.builder_dir)}"
+
+    def _checked_row(self, i: int) -> dict:
+        """Row ``i``; a record array_record/TFDS cannot read or parse is the reject BAD_RECORD, not a crash."""
+        try:
+            row = self._row(i)
+            int(row["reject_code"]), int(row["label"])
+            return row
+        except MemoryError:
+            raise rejects.RecordError(rejects.OUT_OF_MEMORY, self._where(i)) from None
+        except Exception as e:  # array_record/protobuf raise many types on corrupt data (RuntimeError, ValueError...)
+            raise rejects.RecordError(rejects.BAD_RECORD, f"{self._where(i)}: {type(e).__name__}: {e}") from None
+
     def read_record(self, i: int) -> tuple[bytes, int]:
-        row = self._row(self._check(i))
+        row = self._checked_row(self._check(i))
         if int(row["reject_code"]):
-            raise rejects.RecordError(int(row["reject_code"]), self.describe(i))
-        return bytes(row["image"]), int(row["label"])
+            code = int(row["reject_code"])
+            raise rejects.RecordError(code if code in rejects.REASONS and code else rejects.BAD_RECORD,
+                                      self.describe(i))
+        label = int(row["label"])
+        return bytes(row["image"]), label if label >= 0 else -1
 
     def read_bytes(self, i: int) -> bytes:
         return self.read_record(i)[0]
 
+    def _label_or_missing(self, i: int) -> int:
+        try:
+            return max(int(self._checked_row(i)["label"]), -1)
+        except rejects.RecordError:
+            return -1
+
     def label(self, i: int) -> int:
+        """The record's label; -1 when unlabelled or the record cannot be read."""
         if self._labels is not None:
             return int(self._labels[self._check(i)])
-        return int(self._row(self._check(i))["label"])
+        return self._label_or_missing(self._check(i))
 
     def labels(self) -> np.ndarray:
-        """All labels (reads every record once; cached)."""
+        """All labels (reads every record once; cached; -1 for records that cannot be read)."""
         if self._labels is None:
-            self._labels = np.asarray([int(self._row(i)["label"]) for i in range(len(self))], dtype=np.int64)
+            self._labels = np.asarray([self._label_or_missing(i) for i in range(len(self))], dtype=np.int64)
         return self._labels.copy()
 
     def file_name(self, i: int) -> str:
-        fn = self._row(self._check(i))["file_name"]
-        return fn.decode("utf-8", "surrogateescape") if isinstance(fn, bytes) else str(fn)
+        """The name recorded at prepare time (OS string: ``os.fsencode`` gives the original bytes)."""
+        fn = self._checked_row(self._check(i))["file_name"]
+        return os.fsdecode(fn) if isinstance(fn, bytes) else str(fn)
 
     def describe(self, i: int) -> str:
-        return f"tfds:{self.name}/{self.split}[{int(i)}] ({self.file_name(i)})"
+        try:
+            name = safe_paths.display_path(self.file_name(i))
+        except rejects.RecordError:
+            name = "unreadable record"
+        return f"tfds:{self.name}/{self.split}[{int(i)}] ({name})"
 
     def fingerprint(self) -> str:
         return self._fingerprint

@@ -14,6 +14,8 @@ near-copies (strong leakage); with a large one they drift towards blends of face
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 import os
 import time
 
@@ -24,6 +26,8 @@ import numpy as np
 import optax
 from absl import logging
 from PIL import Image
+
+from synleak_jax.files import atomic_write
 
 SIZE = 32  # generator working resolution (pixels)
 
@@ -162,9 +166,9 @@ def save_png_folder(root: str, images: np.ndarray, prefix: str) -> list[str]:
     names = []
     for i, im in enumerate(images):
         name = f"{prefix}_{i:04d}.png"
-        tmp = os.path.join(root, f".{name}.tmp")
-        Image.fromarray(np.round(np.clip(im, 0, 1) * 255).astype(np.uint8), mode="L").save(tmp, format="PNG")
-        os.replace(tmp, os.path.join(root, name))
+        buf = io.BytesIO()
+        Image.fromarray(np.round(np.clip(im, 0, 1) * 255).astype(np.uint8), mode="L").save(buf, format="PNG")
+        atomic_write(os.path.join(root, name), buf.getvalue())
         names.append(name)
     return names
 
@@ -173,8 +177,6 @@ def make_demo_data(root: str, *, n_members: int = 50, n_synthetic: int = 200, st
                    bandwidth: float = 0.25, seed: int = 0) -> dict:
     """Builds the demo's three image folders under ``root`` (members/, nonmembers/, synthetic/) and returns a
     description (written to ``root/demo_info.json``; a finished root is reused as is)."""
-    import json
-
     info_path = os.path.join(root, "demo_info.json")
     want = {"n_members": n_members, "n_synthetic": n_synthetic, "steps": steps, "bandwidth": bandwidth,
             "seed": seed, "size": SIZE}
@@ -195,8 +197,5 @@ def make_demo_data(root: str, *, n_members: int = 50, n_synthetic: int = 200, st
             "generator": {"kind": "conv autoencoder + latent kernel-density sampling", "latent_dim": gen.latent_dim,
                           "final_train_mse": gen.final_loss, "train_seconds": round(gen.seconds, 2)},
             "synthetic_source_member": src.tolist()}
-    tmp = info_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(info, f)
-    os.replace(tmp, info_path)
+    atomic_write(info_path, json.dumps(info))
     return info

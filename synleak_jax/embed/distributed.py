@@ -53,6 +53,14 @@ def initialize(
     _INITIALIZED = True
 
 
+def global_mesh(axis: str, devices=None) -> jax.sharding.Mesh:
+    """THE mesh constructor: a 1-D mesh named ``axis`` over ``devices`` (default: every device of every process,
+    in jax.devices() order, so every process builds the same mesh). The embedding engine uses axis "data", the
+    search engine axis "rows"; one device is the trivial mesh."""
+    devices = list(jax.devices() if devices is None else devices)
+    return jax.make_mesh((len(devices),), (axis,), axis_types=(jax.sharding.AxisType.Explicit,), devices=devices)
+
+
 def barrier(name: str) -> None:
     """Blocks until every process reaches the barrier ``name`` (no-op for one process)."""
     if jax.process_count() > 1:

@@ -21,7 +21,6 @@ host before anything reaches the store; rejected rows (``reject_code > 0``) beco
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import math
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -35,6 +34,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from synleak_jax.embed import distributed
+from synleak_jax.files import versions
 from synleak_jax.embed.store import ChunkPlan, StoreWriter
 from synleak_jax.models.registry import InputSpec
 from synleak_jax.models.layers import cpu_compiler_options
@@ -49,19 +49,7 @@ def default_compute_dtype() -> str:
 
 def make_data_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
     """1-D mesh ``("data",)`` over ``devices`` (default: all devices of all processes)."""
-    if devices is None:
-        return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
-    return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
-def versions() -> dict[str, str]:
-    out = {}
-    for pkg in ("jax", "jaxlib", "flax", "numpy", "synleak_jax"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = "unknown"
-    return out
+    return distributed.global_mesh(DATA_AXIS, devices)
 
 
 @dataclasses.dataclass
@@ -124,6 +112,9 @@ class EmbeddingEngine:
         self.replicated = NamedSharding(self.mesh, P())
         self.variables = jax.device_put(variables, self.replicated)
         self.num_devices = self.mesh.devices.size
+        # Processes feeding this engine: all of them for the global mesh, one for a mesh of local devices
+        # (an in-memory sample embedded by each process on its own, e.g. the audit's channel-order check).
+        self.feeding_processes = len({d.process_index for d in self.mesh.devices.flat})
         self._compiled: dict[tuple, Any] = {}
         # On CPU, XLA's Eigen convolutions beat its default YNNPACK ones for these backbones (1.2-2.5x; models
         # that run faster on YNNPACK, MobileFaceNet, opt out): docs/models.md. A no-op elsewhere.
@@ -153,7 +144,7 @@ class EmbeddingEngine:
     # ---------------------------------------------------------------------------------- feeding
 
     def local_batch_size(self, global_batch: int) -> int:
-        pc = jax.process_count()
+        pc = self.feeding_processes
         if global_batch % self.num_devices:
             raise ValueError(
                 f"batch size {global_batch} must be a multiple of the number of devices ({self.num_devices})"
@@ -162,7 +153,7 @@ class EmbeddingEngine:
 
     def _put(self, local_images: np.ndarray) -> jax.Array:
         b = local_images.shape[0]
-        global_shape = (b * jax.process_count(),) + local_images.shape[1:]
+        global_shape = (b * self.feeding_processes,) + local_images.shape[1:]
         return jax.make_array_from_process_local_data(self.data_sharding, local_images, global_shape)
 
     def _local_rows(self, out: jax.Array) -> np.ndarray:
@@ -179,7 +170,7 @@ class EmbeddingEngine:
 
     def compile(self, local_batch: int) -> None:
         """Compiles the step for ``local_batch`` rows per process ahead of time (kept for :meth:`step`)."""
-        shape = (local_batch * jax.process_count(), self.spec.height, self.spec.width, 3)
+        shape = (local_batch * self.feeding_processes, self.spec.height, self.spec.width, 3)
         if shape not in self._compiled:
             arg = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=self.data_sharding)
             self._compiled[shape] = self._fn.lower(self.variables, arg).compile()
@@ -218,7 +209,7 @@ class EmbeddingEngine:
         The next step is dispatched before the previous one is read back, so host work (the
         pipeline, the store) overlaps device work.
         """
-        if num_steps is None and jax.process_count() > 1:
+        if num_steps is None and self.feeding_processes > 1:
             raise ValueError("num_steps is required with several processes (all must run the same steps)")
         it = iter(batches)
         pending: tuple[jax.Array, dict] | None = None
@@ -371,8 +362,11 @@ def embed_to_store(
       reasons: reject code -> reason text (``data.rejects.REASONS``).
       overwrite: recompute the whole store.
 
+    Resume: a chunk is skipped only when its marker names this manifest's identity and its files have the
+    recorded sizes and sha256 (``StoreWriter.pending_chunks``); any other chunk is recomputed.
+
     Returns:
-      summary dict: chunks computed/skipped by this process, rows, seconds, images/s.
+      summary dict: chunks computed/skipped/damaged by this process, rows, seconds, images/s.
     """
     plan = ChunkPlan.from_dict(manifest["plan"])
     pi, pc = jax.process_index(), jax.process_count()
@@ -394,7 +388,9 @@ def embed_to_store(
     logging.info(
         "process %d/%d: %d of its %d chunks to compute (%d records, %d steps; all processes: %d steps)",
         pi, pc, len(todo), len(owned), n_rows, local_steps, num_steps)
-    writer.log_event({"event": "run_start", "todo": todo, "skipped": sorted(set(owned) - set(todo))})
+    # pending_chunks verified every committed chunk (identity, sizes, sha256): damaged ones are recomputed.
+    writer.log_event({"event": "run_start", "todo": todo, "skipped": sorted(set(owned) - set(todo)),
+                      "damaged": writer.damaged})
 
     reasons = reasons or {}
     buffers: dict[int, dict] = {j: {"ids": [], "labels": [], "emb": [], "rejects": [], "rows": 0} for j in todo}
@@ -456,6 +452,7 @@ def embed_to_store(
         "process_count": pc,
         "chunks_computed": committed,
         "chunks_skipped": sorted(set(owned) - set(todo)),
+        "chunks_damaged": writer.damaged,  # found damaged (or of another identity) and recomputed
         "rows": n_rows,
         "seconds": elapsed,
         "images_per_s": n_rows / elapsed if n_rows and elapsed > 0 else None,

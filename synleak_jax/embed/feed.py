@@ -59,6 +59,55 @@ class SubsetSource:
         return self.source.fingerprint()
 
 
+class RecordRange(SubsetSource):
+    """Records ``[start, stop)`` of a source as a dataset of their own (``--config.data.<role>.records``): e.g.
+    DCFace's training split of CASIA-WebFace is its first 95% of image records, the held-out non-members the last
+    5%. The fingerprint names the range, so a range's store is never mistaken for the whole source's."""
+
+    def __init__(self, source, start: int, stop: int):
+        super().__init__(source, np.arange(start, stop, dtype=np.int64))
+        self.start, self.stop = int(start), int(stop)
+        self.class_names = getattr(source, "class_names", None)
+        self.release = getattr(source, "release", None)
+
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.source.labels(), np.int64)[self.start:self.stop]
+
+    def path(self, i: int):
+        return self.source.path(self._g(i))
+
+    def fingerprint(self) -> str:
+        return f"{self.source.fingerprint()}[{self.start}:{self.stop}]"
+
+
+def parse_record_range(spec: str, n: int) -> tuple[int, int]:
+    """``"start:stop"`` -> record indices ``[start, stop)`` of a source of ``n`` records. Integers are record
+    indices; numbers written with a decimal point are fractions of ``n`` (``"0:0.95"``, ``"0.95:1.0"``), rounded
+    down as ``int(fraction * n)`` (DCFace's own split rule). An empty side means the start / the end. Raises
+    ValueError for anything else."""
+    a, sep, b = str(spec).partition(":")
+    if not sep:
+        raise ValueError(f"records={spec!r}: expected 'start:stop' (record indices, or fractions like 0.95:1.0)")
+    fractional = "." in a or "." in b
+
+    def side(v: str, default: int) -> int:
+        v = v.strip()
+        if not v:
+            return default
+        x = float(v) if fractional else int(v)
+        if fractional and not 0.0 <= x <= 1.0:
+            raise ValueError(f"records={spec!r}: fractions must be in [0, 1]")
+        return int(x * n) if fractional else int(x)
+
+    try:
+        start, stop = side(a, 0), side(b, n)
+    except ValueError as e:
+        raise ValueError(f"records={spec!r}: {e}" if "records=" not in str(e) else str(e)) from None
+    if not 0 <= start < stop <= n:
+        raise ValueError(f"records={spec!r}: gives [{start}, {stop}) of {n} records (empty or out of range)")
+    return start, stop
+
+
 def pipeline_batches(source, spec, *, num_workers: int = 0, **pipeline_kwargs) -> Callable[[np.ndarray, int], Iterator[dict]]:
     """Returns ``batches_for(ids, local_batch)`` for :func:`synleak_jax.embed.engine.embed_to_store`.
 

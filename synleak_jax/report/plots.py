@@ -1,11 +1,12 @@
 """PNG plots of an audit (matplotlib, Agg backend: no display needed).
 
-All score axes are in the matcher's own units (cosine similarity, or Euclidean distance for dlib).
+All score axes are in the matcher's own units (cosine similarity, or Euclidean distance for dlib). Legends sit
+below the axes, never over the data (the tail near the thresholds is what a reader looks at).
 """
 
 from __future__ import annotations
 
-import os
+import io
 
 import matplotlib
 
@@ -13,26 +14,31 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from synleak_jax.attack import scores as S  # noqa: E402
+from synleak_jax import units  # noqa: E402
+from synleak_jax.files import atomic_write  # noqa: E402
 
 
 def _density(edges_score: np.ndarray, counts: np.ndarray, metric: str):
     """Bin centres in native units and densities (per unit) of a histogram over score-unit edges."""
     counts = np.asarray(counts, np.float64)
     edges = np.asarray(edges_score, np.float64)
-    centres = S.to_native(metric, (edges[:-1] + edges[1:]) / 2)
+    centres = units.to_native(metric, (edges[:-1] + edges[1:]) / 2)
     widths = np.abs(np.diff(edges))
     tot = counts.sum()
     dens = counts / (tot * widths) if tot else counts
     return centres, dens
 
 
+def _legend_below(ax, ncol: int = 2) -> None:
+    """The legend under the axes (outside them), in ``ncol`` columns; ``bbox_inches="tight"`` keeps it in the PNG."""
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, frameon=False)
+
+
 def _save(fig, path: str) -> str:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write(path, buf.getvalue())
     return path
 
 
@@ -48,18 +54,21 @@ def score_histograms(path: str, matcher: str, metric: str, series: list[tuple[st
         keep = d > 0
         ax.step(x[keep], d[keep], where="mid", label=f"{label} (n={int(np.sum(counts)):,})")
     for i, (label, v) in enumerate(thresholds):
-        ax.axvline(v, color="k", ls=["--", ":", "-."][i % 3], lw=1, label=label)
+        ax.axvline(v, color="k", ls=["--", ":", "-."][i % 3], lw=1, label=f"tau at {label} ({v:.4g})")
     ax.set_yscale("log")
-    ax.set_xlabel(S.native_unit(metric))
+    ax.set_xlabel(units.native_unit(metric))
     ax.set_ylabel("density (log)")
     ax.set_title(f"{matcher}: pair score distributions")
-    ax.legend(fontsize=7)
+    ax.grid(alpha=0.25)
+    _legend_below(ax)
     return _save(fig, path)
 
 
-def roc_loglog(path: str, matcher: str, curves: list[tuple[str, np.ndarray, np.ndarray, float]]) -> str:
-    """Membership ROC on log-log axes. curves: (label, fpr, tpr, auc)."""
-    fig, ax = plt.subplots(figsize=(5, 5))
+def roc_loglog(path: str, matcher: str, curves: list[tuple[str, np.ndarray, np.ndarray, float]],
+               n_nonmembers: int | None = None) -> str:
+    """Membership ROC on log-log axes. curves: (label, fpr, tpr, auc); with ``n_nonmembers`` the FPRs below
+    1/n_nonmembers (which this many non-members cannot resolve) are shaded."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
     lo = 1.0
     for label, fpr, tpr, auc in curves:
         pos = fpr > 0
@@ -71,17 +80,22 @@ def roc_loglog(path: str, matcher: str, curves: list[tuple[str, np.ndarray, np.n
     ax.set_yscale("log")
     ax.set_xlim(max(lo, 1e-6) / 2, 1.05)
     ax.set_ylim(max(lo, 1e-6) / 2, 1.05)
+    if n_nonmembers:
+        ax.axvspan(max(lo, 1e-6) / 2, 1.0 / n_nonmembers, color="0.85", zorder=0,
+                   label=f"FPR < 1/{n_nonmembers:,}: not resolvable")
     ax.set_xlabel("false positive rate (non-members called members)")
     ax.set_ylabel("true positive rate (members found)")
     ax.set_title(f"{matcher}: membership inference ROC")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.25, which="both")
+    _legend_below(ax, ncol=1)
     return _save(fig, path)
 
 
 def tails(path: str, matcher: str, rows: list[dict]) -> str:
     """Bars of the real-vs-real and real-vs-generated shares above each threshold (log scale)."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    labels = [f"{r['source'] if r['source'] != 'calibrated' else 'FMR %g' % r['fmr']}" for r in rows]
+    labels = [_wrap(r.get("threshold") or (r["source"] if r["source"] != "calibrated" else "FMR %g" % r["fmr"]))
+              for r in rows]
     x = np.arange(len(rows))
     rr = [max(r["real_vs_real_tail"], 1e-12) for r in rows]
     rg = [max(r["real_vs_generated_tail"], 1e-12) for r in rows]
@@ -89,7 +103,19 @@ def tails(path: str, matcher: str, rows: list[dict]) -> str:
     ax.bar(x + 0.2, rg, 0.4, label="real vs generated")
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_yscale("log")
-    ax.set_ylabel("share of pairs above threshold")
+    ax.set_ylabel("share of pairs matching")
     ax.set_title(f"{matcher}: upper tails")
-    ax.legend(fontsize=7)
+    _legend_below(ax)
     return _save(fig, path)
+
+
+def _wrap(label: str, width: int = 16) -> str:
+    """A tick label broken into lines of about ``width`` characters (long published-threshold names)."""
+    words, lines, cur = label.split(), [], ""
+    for w in words:
+        if cur and len(cur) + 1 + len(w) > width:
+            lines.append(cur)
+            cur = w
+        else:
+            cur = f"{cur} {w}".strip()
+    return "\n".join(lines + [cur])

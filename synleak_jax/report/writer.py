@@ -9,20 +9,24 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from importlib import resources
 from typing import Callable, Iterable
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
-from synleak_jax.report import html as H
+from synleak_jax.data import rejects, safe_paths
+from synleak_jax.files import atomic_write, atomic_write_stream, safe_name, to_jsonable
+from synleak_jax.report import html
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"
 THUMB_DIR = "thumbs"
-PAIRS_COLUMNS = ["matcher", "threshold", "tau_native", "rank", "syn_idx", "syn_id", "syn_label", "real_idx", "real_id",
-                 "real_label", "score_native"]
+#: pairs.csv's columns (first row of the file); what each means: docs/report.md. ``role``: the real set of the pair
+#: (members, or the non-member control); ``unit``: cosine (similarity) or distance (smaller = more similar).
+PAIRS_COLUMNS = ["matcher", "unit", "role", "threshold", "target_fmr", "tau_native", "rank", "syn_idx", "syn_id",
+                 "syn_label", "real_idx", "real_id", "real_label", "score_native"]
 
 
 def load_schema() -> dict:
@@ -35,32 +39,6 @@ def validate(report: dict) -> None:
     jsonschema.validate(report, load_schema())
 
 
-def to_jsonable(x):
-    """numpy scalars/arrays -> Python; non-finite floats -> None (JSON has no NaN)."""
-    if isinstance(x, dict):
-        return {str(k): to_jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [to_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return to_jsonable(x.tolist())
-    if isinstance(x, (np.bool_,)):
-        return bool(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        x = float(x)
-        return x if math.isfinite(x) else None
-    return x
-
-
-def atomic_write(path: str, data: bytes | str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
 def thumbnail_png(rgb: np.ndarray, size: int = 100) -> bytes:
     img = Image.fromarray(np.asarray(rgb, np.uint8)).convert("RGB")
     img = img.resize((size, size), Image.BILINEAR)
@@ -69,34 +47,85 @@ def thumbnail_png(rgb: np.ndarray, size: int = 100) -> bytes:
     return buf.getvalue()
 
 
+def utf8_text(value):
+    """``value`` unchanged unless it is a str that cannot be encoded as UTF-8 (a raw OS name holding undecodable
+    bytes as surrogates): then its display form (``safe_paths.display_path``: ``\\xNN`` for such a byte)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return safe_paths.display_path(value)
+    return value
+
+
 def write_pairs_csv(path: str, rows: Iterable[dict]) -> int:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=PAIRS_COLUMNS, extrasaction="ignore")
-    w.writeheader()
+    """pairs.csv (UTF-8), written as the rows come (memory: one row, whatever the number of pairs); returns the
+    number of rows. Names are display strings (``describe``: one line, escaped); a cell that is still not
+    UTF-8-encodable is written in its display form, never a crash at the end of an audit."""
     n = 0
-    for r in rows:
-        w.writerow({k: r.get(k) for k in PAIRS_COLUMNS})
-        n += 1
-    atomic_write(path, buf.getvalue())
+
+    def produce(f) -> None:
+        nonlocal n
+        text = io.TextIOWrapper(io.BufferedWriter(f, 1 << 20), encoding="utf-8", newline="")
+        w = csv.writer(text)
+        w.writerow(PAIRS_COLUMNS)
+        for r in rows:
+            cells = [r.get(k) for k in PAIRS_COLUMNS]
+            try:
+                w.writerow(cells)
+            except UnicodeEncodeError:  # rare: a raw OS name with undecodable bytes (checked per row only then)
+                w.writerow([utf8_text(c) for c in cells])
+            n += 1
+        text.flush()
+        text.detach().flush()
+
+    atomic_write_stream(path, produce)
     return n
+
+
+def placeholder_png(size: int = 100) -> bytes:
+    """A grey thumbnail crossed in dark grey: shown where an image could not be read."""
+    img = np.full((size, size, 3), 200, np.uint8)
+    diag = np.arange(size)
+    for offset in (-1, 0, 1):
+        keep = (diag + offset >= 0) & (diag + offset < size)
+        img[diag[keep], diag[keep] + offset] = 90
+        img[diag[keep], size - 1 - diag[keep] - offset] = 90
+    return thumbnail_png(img, size)
+
+
+def _thumbnail_or_reason(read: Callable[[int], np.ndarray], idx: int, size: int) -> tuple[bytes, str | None]:
+    """(PNG bytes, None) of row ``idx``'s image, or (placeholder, why) when it cannot be read or decoded now
+    (deleted, swapped for a symlink/FIFO, corrupted since the embedding)."""
+    try:
+        return thumbnail_png(read(idx), size), None
+    except rejects.RecordError as e:
+        return placeholder_png(size), utf8_text(str(e))
+    except Exception as e:  # a thumbnail is never worth the report
+        logging.exception("gallery: thumbnail of row %d failed unexpectedly", idx)
+        return placeholder_png(size), utf8_text(f"unexpected error {type(e).__name__}: {e}")
 
 
 def write_gallery(out_dir: str, items: list[dict], read_syn: Callable[[int], np.ndarray],
                   read_real: Callable[[int], np.ndarray], size: int = 100) -> list[dict]:
-    """Writes thumbnails ``thumbs/<matcher>_<rank>_{syn,real}.png`` and fills the items' thumb paths."""
+    """Writes thumbnails ``thumbs/<matcher>_<role>_<rank>_{syn,real}.png`` and fills the items' thumb paths.
+
+    The images are read again after the listing: one that cannot be read now gets a placeholder thumbnail and the
+    item says why (``syn_thumb_error`` / ``real_thumb_error``); the gallery and the report are always written.
+    """
     out = []
     for it in items:
-        stem = f"{_safe(it['matcher'])}_{int(it['rank']):04d}"
-        syn_rel = f"{THUMB_DIR}/{stem}_syn.png"
-        real_rel = f"{THUMB_DIR}/{stem}_real.png"
-        atomic_write(os.path.join(out_dir, syn_rel), thumbnail_png(read_syn(int(it["syn_idx"])), size))
-        atomic_write(os.path.join(out_dir, real_rel), thumbnail_png(read_real(int(it["real_idx"])), size))
-        out.append({**it, "syn_thumb": syn_rel, "real_thumb": real_rel})
+        stem = f"{safe_name(it['matcher'])}_{safe_name(it.get('role', 'members'))}_{int(it['rank']):04d}"
+        item = dict(it)
+        for side, read, idx in (("syn", read_syn, int(it["syn_idx"])), ("real", read_real, int(it["real_idx"]))):
+            rel = f"{THUMB_DIR}/{stem}_{side}.png"
+            png, why = _thumbnail_or_reason(read, idx, size)
+            atomic_write(os.path.join(out_dir, rel), png)
+            item[f"{side}_thumb"] = rel
+            if why is not None:
+                item[f"{side}_thumb_error"] = why
+        out.append(item)
     return out
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def write_report(out_dir: str, report: dict, *, check_schema: bool = True) -> dict:
@@ -107,5 +136,5 @@ def write_report(out_dir: str, report: dict, *, check_schema: bool = True) -> di
     if check_schema:
         validate(rep)  # a report that breaks its own schema is a bug: fail before writing it
     atomic_write(os.path.join(out_dir, "report.json"), json.dumps(rep, indent=1, sort_keys=False))
-    atomic_write(os.path.join(out_dir, "index.html"), H.render(rep))
+    atomic_write(os.path.join(out_dir, "index.html"), html.render(rep))
     return rep

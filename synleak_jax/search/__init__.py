@@ -1,7 +1,8 @@
-"""synleak_jax.search: exact blockwise top-k, certified bf16, sharded search, range search, baselines."""
+"""synleak_jax.search: the tile engine, exact top-k (float32 or certified bf16) on a mesh, range search, baselines."""
 
-from synleak_jax.search.exact import SearchStats, exact_topk
+from synleak_jax.search.engine import Bins, PassParams, PassResult, PassSpec, Source, make_mesh, tile_pass
+from synleak_jax.search.exact import SearchStats, exact_topk, fastest_exact_precision
 from synleak_jax.search.range_search import RangeResult, range_search
-from synleak_jax.search.sharded import make_search_mesh, sharded_exact_topk
 
-__all__ = ["exact_topk", "range_search", "RangeResult", "SearchStats", "sharded_exact_topk", "make_search_mesh"]
+__all__ = ["Bins", "PassParams", "PassResult", "PassSpec", "Source", "make_mesh", "tile_pass", "exact_topk",
+           "fastest_exact_precision", "SearchStats", "range_search", "RangeResult"]

@@ -1,8 +1,13 @@
 """Baselines for the benchmark only (never used by the audit): approximate JAX top-k, full-row selection, numpy
-BLAS + argpartition, and faiss-cpu indexes (optional; imported inside the functions).
+BLAS + argpartition, and faiss-cpu / ScaNN indexes (optional; imported inside the functions).
 
-Every function maps (queries [nq, D] float32, database [ndb, D] float32, k) -> (scores [nq, k] float32,
-indices [nq, k] int64/int32), inner-product scores, best first.
+Every search function maps (queries [nq, D] float32, database [ndb, D] float32, k) -> (scores [nq, k] float32,
+indices [nq, k] int64/int32), inner-product scores, best first. The index builders (`faiss_ivf_index`,
+`faiss_hnsw_index`, `scann_index`) return the built index so that a benchmark sweeps search-time parameters
+(nprobe, efSearch, leaves to search, reorder) over one build.
+
+The top-k merge and rounding are the engine's public ones (`search.engine.merge_topk`, `round_up`); the float32
+dot is written out here: the engine's own dot is private and takes its precision modes.
 """
 
 from __future__ import annotations
@@ -14,9 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from synleak_jax.search.exact import _dot_f32, _round_up, merge_topk
+from synleak_jax.search.engine import merge_topk, round_up
 
 _NEG_INF = float("-inf")
+_HIGHEST = lax.Precision.HIGHEST
+
+
+def _dot_f32(a, b):
+    """[m, d] x [n, d] -> [m, n] float32, full float32 precision."""
+    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=_HIGHEST, preferred_element_type=jnp.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "bdb", "recall_target", "reduction_input_size_override"))
@@ -49,8 +60,8 @@ def approx_max_k_blockwise(queries, database, k: int, *, recall_target: float = 
     q = np.asarray(queries, np.float32)
     db = jnp.asarray(database, jnp.float32)
     ndb = db.shape[0]
-    bdb = min(db_block, _round_up(ndb, 8))
-    pad = _round_up(ndb, bdb) - ndb
+    bdb = min(db_block, round_up(ndb, 8))
+    pad = round_up(ndb, bdb) - ndb
     if pad:
         db = jnp.pad(db, ((0, pad), (0, 0)))
     bq = min(query_block, q.shape[0])
@@ -139,36 +150,60 @@ def faiss_flat_ip(queries, database, k: int):
     return index.search(np.ascontiguousarray(queries, np.float32), k)
 
 
-def faiss_ivf_flat(queries, database, k: int, *, nlist: int = 1024, nprobe: int = 16, train_size: int = 65536,
-                   seed: int = 0):
-    """faiss IVF-Flat (inner product), trained on a random subset of the database."""
+def ivf_train_size(ndb: int, nlist: int) -> int:
+    """Training rows for an IVF index: 64 per list (faiss warns below 39), at least 65,536, at most ndb."""
+    return int(min(ndb, max(65536, 64 * nlist)))
+
+
+def faiss_ivf_index(database, *, nlist: int = 1024, train_size: int | None = None, seed: int = 0):
+    """faiss IVF-Flat (inner product) trained on a seeded random subset (`ivf_train_size` rows by default) and
+    filled with the database. Search-time knob: `index.nprobe`."""
     faiss = _faiss()
     db = np.ascontiguousarray(database, np.float32)
-    quant = faiss.IndexFlatIP(db.shape[1])
-    index = faiss.IndexIVFFlat(quant, db.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
-    rs = np.random.default_rng(seed)
-    train = db[np.sort(rs.choice(db.shape[0], min(train_size, db.shape[0]), replace=False))]
-    index.train(train)
-    index.add(db)
-    index.nprobe = nprobe
+    if not 1 <= nlist <= db.shape[0]:
+        raise ValueError(f"nlist must be in [1, ndb={db.shape[0]}], got {nlist}")
+    quantizer = faiss.IndexFlatIP(db.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, db.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+    n_train = ivf_train_size(db.shape[0], nlist) if train_size is None else min(int(train_size), db.shape[0])
+    rows = np.sort(np.random.default_rng(seed).choice(db.shape[0], n_train, replace=False))
+    index.train(db[rows])
+    index.add(db)  # faiss' Python wrapper keeps `quantizer` alive with the index (referenced_objects)
+    return index
+
+
+def faiss_ivf_flat(queries, database, k: int, *, nlist: int = 1024, nprobe: int = 16,
+                   train_size: int | None = None, seed: int = 0):
+    """faiss IVF-Flat (inner product) search with `nprobe` lists visited per query."""
+    index = faiss_ivf_index(database, nlist=nlist, train_size=train_size, seed=seed)
+    index.nprobe = min(int(nprobe), nlist)
     return index.search(np.ascontiguousarray(queries, np.float32), k)
 
 
-def faiss_hnsw(queries, database, k: int, *, m: int = 32, ef_construction: int = 80, ef_search: int = 64):
-    """faiss HNSW-Flat (inner product)."""
+def faiss_hnsw_index(database, *, m: int = 32, ef_construction: int = 80):
+    """faiss HNSW-Flat (inner product) graph with `m` links per node. Search-time knob: `index.hnsw.efSearch`."""
     faiss = _faiss()
     db = np.ascontiguousarray(database, np.float32)
-    index = faiss.IndexHNSWFlat(db.shape[1], m, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = ef_construction
+    index = faiss.IndexHNSWFlat(db.shape[1], int(m), faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = int(ef_construction)
     index.add(db)
-    index.hnsw.efSearch = ef_search
+    return index
+
+
+def faiss_hnsw(queries, database, k: int, *, m: int = 32, ef_construction: int = 80, ef_search: int = 64):
+    """faiss HNSW-Flat (inner product) search with beam width `ef_search` (>= k is useful)."""
+    index = faiss_hnsw_index(database, m=m, ef_construction=ef_construction)
+    index.hnsw.efSearch = int(ef_search)
     return index.search(np.ascontiguousarray(queries, np.float32), k)
 
 
 def scann_index(database, k: int, *, num_leaves: int = 1000, num_leaves_to_search: int = 100,
                 reorder: int = 100, training_sample_size: int = 65536):
-    """ScaNN (optional: `pip install scann`) tree + asymmetric hashing + exact reordering, dot product.
-    Returns the searcher; `searcher.search_batched(q)` -> (indices uint32 [nq, k], scores [nq, k])."""
+    """ScaNN (optional: `pip install scann`): k-means tree of `num_leaves` leaves + anisotropic asymmetric
+    hashing (2-dim blocks, threshold 0.2) + exact float32 reordering of the best `reorder` candidates, dot
+    product. Search-time knobs: `searcher.search_batched(q, leaves_to_search=..., pre_reorder_num_neighbors=...)`
+    (`reorder` here is the default and must be >= k). Its k-means training is not seeded (ScaNN exposes no
+    seed). Returns the searcher; `search_batched(q)` -> (indices
+    uint32 [nq, k], scores [nq, k])."""
     try:
         import scann  # noqa: PLC0415 (optional extra)
     except ImportError as e:
@@ -178,7 +213,7 @@ def scann_index(database, k: int, *, num_leaves: int = 1000, num_leaves_to_searc
     return (scann.scann_ops_pybind.builder(db, k, "dot_product")
             .tree(num_leaves=leaves, num_leaves_to_search=min(num_leaves_to_search, leaves),
                   training_sample_size=min(training_sample_size, db.shape[0]))
-            .score_ah(2, anisotropic_quantization_threshold=0.2).reorder(reorder).build())
+            .score_ah(2, anisotropic_quantization_threshold=0.2).reorder(max(int(reorder), k)).build())
 
 
 def scann_search(queries, database, k: int, **params):

@@ -1,15 +1,16 @@
 """Exact range search: every (query, database) pair with score >= tau, bounded per query, never truncated silently.
 
-Runs the blockwise engine of `exact.py` with k = max_per_query (the best pairs are kept) and counts, per query
-and per tile, the scores >= tau, so the true number of matches per query is exact even when it exceeds the
-output bound; `overflow[q]` is True exactly when `counts[q] > max_per_query`.
+One tile-engine pass (``engine.py``) keeps the top k = max_per_query pairs of every query and counts, per
+query, the scores >= tau (as scores > the next float32 below tau), so the true number of matches per query is
+exact even when it exceeds the output bound; `overflow[q]` is True exactly when `counts[q] > max_per_query`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from synleak_jax.search.exact import Source, check_block, search_engine
+from synleak_jax.search.engine import PassParams, PassSpec, as_source, check_positive_int, tile_pass
+from synleak_jax.search.exact import _blocks
 
 
 class RangeResult(tuple):
@@ -35,7 +36,7 @@ class RangeResult(tuple):
 
 def range_search(queries, database, tau: float, max_per_query: int, *, query_block: int | None = None,
                  db_block: int | None = None, selection: str = "tiled", tile: int = 32,
-                 db_chunk_rows: int | None = None, query_chunk_rows: int | None = None) -> RangeResult:
+                 db_chunk_rows: int | None = None, query_chunk_rows: int | None = None, mesh=None) -> RangeResult:
     """All pairs with inner-product score >= tau (float32 scores), at most max_per_query per query.
 
     Args:
@@ -51,12 +52,18 @@ def range_search(queries, database, tau: float, max_per_query: int, *, query_blo
         raise ValueError(f"tau must be a finite number, got {tau!r}") from None
     if not np.isfinite(tau_f):
         raise ValueError(f"tau must be a finite number, got {tau!r}")
-    m = check_block(max_per_query, "max_per_query")
-    db_n = Source(database, "database").n
-    k = min(m, db_n)
-    s, i, c, _ = search_engine(queries, database, k, query_block=query_block, db_block=db_block,
-                               precision="float32", selection=selection, tile=tile, db_chunk_rows=db_chunk_rows,
-                               query_chunk_rows=query_chunk_rows, tau=np.float32(tau_f))
+    m = check_positive_int(max_per_query, "max_per_query")
+    q, db = as_source(queries, "queries"), as_source(database, "database")
+    if q.d != db.d:
+        raise ValueError(f"dimension mismatch: queries have dim {q.d}, database has dim {db.d}")
+    k = min(m, db.n)
+    spec = PassSpec(row_k=k, n_taus=1, selection=selection, tile=check_positive_int(tile, "tile"))
+    # score >= tau  <=>  score > the largest float32 below tau (scores are float32)
+    below = np.nextafter(np.float32(tau_f), np.float32(-np.inf), dtype=np.float32)
+    res = tile_pass(q, db, spec, PassParams(taus=np.asarray([below], np.float32)), mesh=mesh,
+                    blocks=_blocks(q.n, db.n, q.d, spec, query_block, db_block, db_chunk_rows, query_chunk_rows))
+    s, i = res.row_scores, res.row_index
+    c = res.counts[:, 0, 0]
     keep = s >= np.float32(tau_f)  # rows are sorted descending, so kept entries form a prefix
     qi, col = np.nonzero(keep)
     counts = c.astype(np.int64)

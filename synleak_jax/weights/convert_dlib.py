@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
+import math
 import os
 from pathlib import Path
 from typing import Mapping
@@ -44,6 +45,7 @@ import numpy as np
 
 from synleak_jax.weights import converters
 from synleak_jax.weights.mapping import SourceTensors, WeightMappingError
+from synleak_jax.weights.read_limits import regular_file_size
 
 DLIB_WEIGHTS_FILENAME = "dlib_face_recognition_resnet_model_v1.dat"
 DLIB_WEIGHTS_SIZE = 22_466_066  # bytes, as shipped in face_recognition_models 0.3.0
@@ -255,16 +257,21 @@ class _Reader:
         return float(np.ldexp(float(mant), exp))
 
     def shape4(self, what: str) -> tuple[int, int, int, int]:
+        start = self.pos
         dims = tuple(self.int(f"{what} dim {d}") for d in ("n", "k", "nr", "nc"))
-        if any(d < 0 or d > self.n for d in dims):
-            # A dimension larger than the file cannot be real (and products of such could overflow).
-            raise self.fail(f"implausible dimensions for {what}: {dims}")
+        # Exact (Python int) product: np.prod in int64 wraps, e.g. 65536**4 == 0, and a wrapped 0 would read
+        # no data and then fail to reshape. Every shape here is a real tensor's or an alias of one, so its
+        # float32 data must fit in the file.
+        count = math.prod(dims)
+        if any(d < 0 for d in dims) or 4 * count > self.n:
+            raise self.fail(f"implausible dimensions for {what}: {dims} ({count} elements; the file holds at most "
+                            f"{self.n // 4} float32)", start)
         return dims  # type: ignore[return-value]
 
     def tensor(self, what: str) -> np.ndarray:
         self.expect_int(f"{what} tensor version", 2)
         shape = self.shape4(what)
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)
         start = self.pos
         raw = self._take(4 * count, f"{what} data ({count} float32)")
         self.floats += count
@@ -456,7 +463,17 @@ def read_dlib_dat(path: str | os.PathLike | None = None) -> dict[str, np.ndarray
       DlibFormatError: truncated, altered or foreign file (message names the byte offset and layer).
     """
     p = Path(path) if path is not None else default_dlib_weights_path()
-    return parse_dlib_resnet(p.read_bytes(), str(p))
+    # Memory: the file once plus one float32 copy of its tensors (<= 2x its size); a FIFO or device is
+    # refused before it is opened (reading one would block or never end).
+    size = regular_file_size(str(p), DlibFormatError)
+    try:
+        with open(p, "rb") as f:
+            data = f.read(size + 1)
+        if len(data) != size:
+            raise DlibFormatError(f"{p}: changed size while being read ({size} -> {len(data)} bytes)")
+        return parse_dlib_resnet(data, str(p))
+    except MemoryError:
+        raise DlibFormatError(f"{p}: ran out of memory while reading it ({size:,} bytes on disk)") from None
 
 
 # --------------------------------------------------------------------------------------------------------------

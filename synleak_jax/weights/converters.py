@@ -69,15 +69,23 @@ def detect_model_name(shapes: Mapping[str, tuple[int, ...]], source: str = "<wei
     return next(iter(hits.values()))
 
 
+def model_variable_shapes(model_name: str) -> dict[str, tuple[int, ...]]:
+    """Flat ``{"params/...": shape}`` of registry model ``model_name``'s variables (abstract init, no FLOPs)."""
+    from synleak_jax.models import registry
+    from synleak_jax.weights.mapping import variable_shapes
+
+    entry = registry.get_entry(model_name)
+    spec = entry.spec
+    example = np.zeros((1, spec.height, spec.width, 3), np.float32)
+    return variable_shapes(entry.factory(), example)
+
+
 def load_state_dict_into(model_name: str, tensors: Mapping[str, np.ndarray], source: str = "<weights>") -> dict:
     """Converts a flat state dict into checked Flax variables for registry model ``model_name``."""
     from synleak_jax.models import registry
-    from synleak_jax.weights.mapping import variable_shapes
 
     entry = registry.get_entry(model_name)
     src = SourceTensors(tensors, source)
     flat = converter_for_family(entry.family).convert(src, model_name)
     src.check_all_used()
-    spec = entry.spec
-    example = np.zeros((1, spec.height, spec.width, 3), np.float32)
-    return assign_variables(variable_shapes(entry.factory(), example), flat, source)
+    return assign_variables(model_variable_shapes(model_name), flat, source)

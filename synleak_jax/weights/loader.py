@@ -22,11 +22,13 @@ import dataclasses
 import hashlib
 import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
 
 from synleak_jax.weights import orbax_io, torch_pickle
+from synleak_jax.weights.read_limits import describe_file_type
 
 FORMATS = ("torch_zip", "torch_legacy", "onnx", "dlib_dat", "orbax")
 
@@ -92,15 +94,21 @@ def detect_format(path: str | os.PathLike) -> str:
       WeightsFormatError: not a recognised format.
     """
     p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such weights file or directory")
-    if p.is_dir():
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{p}: no such weights file or directory") from None
+    except OSError as e:
+        raise WeightsFormatError(f"{p}: cannot read ({e.strerror or e})") from None
+    if stat.S_ISDIR(mode):
         if orbax_io.is_weights_dir(p):
             return "orbax"
         raise WeightsFormatError(
             f"{p}: a directory, but not a converted-weights directory (no {orbax_io.METADATA_FILE}; "
-            "write one with synleak-convert)"
+            "write one with synleak-convert, or pass the weights file itself)"
         )
+    if not stat.S_ISREG(mode):  # a FIFO would block open() forever, a device never ends
+        raise WeightsFormatError(f"{p}: {describe_file_type(mode)}, not a regular weights file")
     with open(p, "rb") as f:
         head = f.read(512)
     if not head:
@@ -189,11 +197,29 @@ def load_weights(
     source = str(p)
 
     if fmt == "orbax":
-        variables, meta = orbax_io.restore_variables(p)
+        meta = orbax_io.read_metadata(p)
         saved = meta["model_name"]
         if model_name is not None and model_name != saved:
             raise WeightsFormatError(f"{p}: holds weights for {saved!r}, not {model_name!r}")
-        check_model_name(saved)
+        try:
+            check_model_name(saved)
+        except UnknownModelError as e:
+            raise orbax_io.CheckpointError(f"{p}: records model_name {saved!r}, which is not a known model ({e})") from None
+        from synleak_jax.weights import converters
+
+        # A directory whose metadata names one model but holds another's variables would otherwise load and
+        # fail later inside Flax. The recorded shapes are checked before restoring (restore_variables then
+        # checks the arrays against them); without recorded shapes, the restored arrays are checked.
+        expected = converters.model_variable_shapes(saved)
+        recorded = orbax_io.recorded_shapes(meta)
+        if recorded is not None:
+            orbax_io.check_variables_fit(p, saved, recorded, expected)
+        variables, meta = orbax_io.restore_variables(p)
+        if recorded is None:
+            from synleak_jax.weights.mapping import flatten_variables
+
+            orbax_io.check_variables_fit(p, saved, {k: np.shape(v) for k, v in flatten_variables(variables).items()},
+                                         expected)
         info = WeightsInfo(
             model_name=saved,
             source_file=str(meta.get("source_file", p.name)),

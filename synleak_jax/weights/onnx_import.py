@@ -14,6 +14,14 @@ kernel and the BatchNorm becomes an exact identity plus bias: scale 1, bias = th
 var = 1 - eps (so ``rsqrt(var + eps) == 1`` up to one float32 rounding, ~6e-8). The variables therefore have
 the same structure as a state-dict conversion and work with the same module.
 
+Untrusted input (docs/weights.md, "Bounded reading" and "ONNX external data"): before ``onnx.load`` parses
+the file, a scan of its protobuf wire format charges every message, string and repeated value to a
+:class:`read_limits.ReadBudget` (a parsed empty ``NodeProto`` costs ~150 bytes for its 2 bytes on disk, so an
+unchecked 4 MB file parses into ~300 MB); external data is checked by us before onnx reads it (relative path,
+no ``..``, inside the model's directory after resolving symlinks, a regular file with one link, offset and
+length inside it) and charged per tensor; every initializer is charged before numpy copies it. Any failure is
+an :class:`OnnxImportError` naming the file.
+
 Input normalisation: the model-zoo graphs expect NCHW float32 RGB, ``(x - 127.5) / 127.5`` applied outside the
 graph. Some graphs (mxnet-era exports) start with Sub/Mul (or Div/Add) nodes that normalise raw pixels
 inside the graph. Such a leading chain is folded into one per-channel affine map, checked to be exactly the
@@ -24,7 +32,10 @@ Flax model always takes spec-normalised inputs.
 from __future__ import annotations
 
 import dataclasses
+import math
+import mmap
 import os
+import stat
 from typing import Any
 
 import numpy as np
@@ -38,6 +49,7 @@ from synleak_jax.weights.convert_arcface import (
     model_slots,
 )
 from synleak_jax.weights.mapping import WeightMappingError, assign_variables
+from synleak_jax.weights.read_limits import ReadBudget, regular_file_size
 
 BN_EPS = 1e-5  # epsilon of every BatchNorm in the Flax ArcFace-family models
 _PARAM_OPS = ("Conv", "BatchNormalization", "PRelu", "Gemm", "MatMul")
@@ -78,19 +90,18 @@ class _Op:
 class _Graph:
     """Constants, producers/consumers and the parameterised nodes of an ONNX graph."""
 
-    def __init__(self, model, source: str):
-        from onnx import numpy_helper
-
+    def __init__(self, model, source: str, budget: ReadBudget):
         self.source = source
+        self.budget = budget
         g = model.graph
-        self.consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        self.consts: dict[str, np.ndarray] = {i.name: self._to_array(i) for i in g.initializer}
         self.nodes = list(g.node)
         self.alias: dict[str, str] = {}
         for node in self.nodes:
             if node.op_type == "Constant":
                 for a in node.attribute:
                     if a.name == "value":
-                        self.consts[node.output[0]] = numpy_helper.to_array(a.t)
+                        self.consts[node.output[0]] = self._to_array(a.t)
             elif node.input and node.input[0] in self.consts:
                 self._fold_shape_op(node)
         self.inputs = [i.name for i in g.input if i.name not in self.consts]
@@ -98,6 +109,21 @@ class _Graph:
         for idx, node in enumerate(self.nodes):
             for name in node.input:
                 self.consumers.setdefault(name, []).append(idx)
+
+    def _to_array(self, tensor) -> np.ndarray:
+        """numpy copy of a TensorProto, its declared size charged to the budget first."""
+        from onnx import helper, numpy_helper
+
+        dims = list(tensor.dims)
+        if any(d < 0 for d in dims):
+            raise OnnxImportError(f"{self.source}: initializer {tensor.name!r} has negative dims {dims}")
+        try:
+            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+        except (KeyError, TypeError, ValueError):
+            raise OnnxImportError(
+                f"{self.source}: initializer {tensor.name!r} has unsupported data type {tensor.data_type}") from None
+        self.budget.charge(math.prod(dims) * itemsize, f"initializer {tensor.name!r} {dims}")
+        return numpy_helper.to_array(tensor)
 
     def _fold_shape_op(self, node) -> None:
         """Evaluates Identity/Unsqueeze/Squeeze/Reshape of constants (un-folded exports route weights and
@@ -138,15 +164,186 @@ class _Graph:
         return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _load_model(path: str | os.PathLike):
+# Memory a parsed protobuf element costs at most (upb, 64-bit), measured: an empty NodeProto ~150 bytes.
+_PB_MESSAGE_BYTES = 256
+_PB_STRING_BYTES = 48  # + the string's length
+_PB_SCALAR_BYTES = 8
+_PB_MAX_DEPTH = 100  # protobuf's own default recursion limit
+
+
+def _varint(buf, pos: int, end: int, source: str) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise OnnxImportError(f"{source}: not a readable ONNX model (malformed protobuf varint)")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def _charge_protobuf(buf, start: int, end: int, descriptor, budget: ReadBudget, depth: int = 0) -> None:
+    """Walks the wire format of one message (guided by its descriptor) and charges what parsing it creates.
+
+    Length-delimited payloads (raw_data, strings) are skipped by length, so the walk costs one step per field,
+    not per byte.
+    """
+    from google.protobuf.descriptor import FieldDescriptor
+
+    source = budget.source
+    if depth > _PB_MAX_DEPTH:
+        raise OnnxImportError(f"{source}: ONNX messages nested deeper than {_PB_MAX_DEPTH} levels")
+    fields = descriptor.fields_by_number
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos, end, source)
+        wire = key & 7
+        if wire == 0:
+            _, pos = _varint(buf, pos, end, source)
+            budget.charge(_PB_SCALAR_BYTES, "protobuf values")
+            continue
+        if wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+            budget.charge(_PB_SCALAR_BYTES, "protobuf values")
+            continue
+        if wire != 2:
+            raise OnnxImportError(f"{source}: not a readable ONNX model (protobuf wire type {wire})")
+        length, pos = _varint(buf, pos, end, source)
+        if pos + length > end:
+            raise OnnxImportError(f"{source}: not a readable ONNX model (truncated protobuf field)")
+        field = fields.get(key >> 3)
+        if field is not None and field.type == FieldDescriptor.TYPE_MESSAGE:
+            budget.charge(_PB_MESSAGE_BYTES, f"protobuf {field.message_type.name} messages")
+            _charge_protobuf(buf, pos, pos + length, field.message_type, budget, depth + 1)
+        elif field is not None and field.type not in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
+            budget.charge(_PB_SCALAR_BYTES * length, "packed protobuf values")  # >= 1 byte per value
+        else:  # strings, bytes, unknown fields (kept as bytes)
+            budget.charge(_PB_STRING_BYTES + length, "protobuf strings")
+        pos += length
+    if pos != end:
+        raise OnnxImportError(f"{source}: not a readable ONNX model (protobuf field runs past its message)")
+
+
+def _all_tensors(message):
+    """Every TensorProto inside ``message`` (initializers, Constant values, subgraphs, functions)."""
+    import onnx
+
+    stack = [message]
+    while stack:
+        msg = stack.pop()
+        if isinstance(msg, onnx.TensorProto):
+            yield msg
+            continue
+        for field, value in msg.ListFields():
+            if field.type == field.TYPE_MESSAGE:
+                stack.extend(value if field.is_repeated else [value])
+
+
+def _check_external_data(model, path: str, budget: ReadBudget) -> bool:
+    """Checks every external-data reference (see the module docstring) and charges it; True if any."""
+    import onnx
+
+    base_dir = os.path.dirname(os.path.abspath(path))
+    base_real = os.path.realpath(base_dir)
+    files: dict[str, int] = {}
+    found = False
+    for tensor in _all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        found = True
+        entries = {e.key: e.value for e in tensor.external_data}
+        what = f"{path}: external data of tensor {tensor.name!r}"
+        location = entries.get("location", "")
+        parts = location.replace("\\", "/").split("/")
+        if not location or "\x00" in location:
+            raise OnnxImportError(f"{what}: empty or invalid location {location!r}")
+        if os.path.isabs(location) or location[:1] in ("/", "\\") or (len(location) > 1 and location[1] == ":"):
+            raise OnnxImportError(f"{what}: absolute location {location!r} (must be relative to the model's directory)")
+        if ".." in parts:
+            raise OnnxImportError(f"{what}: location {location!r} climbs out of the model's directory ('..')")
+        target = os.path.join(base_dir, location)
+        real = os.path.realpath(target)
+        if os.path.commonpath([real, base_real]) != base_real:
+            raise OnnxImportError(f"{what}: location {location!r} resolves outside the model's directory")
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            raise OnnxImportError(f"{what}: file {location!r} not found next to the model") from None
+        except OSError as e:
+            raise OnnxImportError(f"{what}: cannot stat {location!r} ({e.strerror})") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise OnnxImportError(f"{what}: {location!r} is a symbolic link (refused: it could point anywhere)")
+        if not stat.S_ISREG(st.st_mode):
+            raise OnnxImportError(f"{what}: {location!r} is not a regular file")
+        if st.st_nlink > 1:
+            raise OnnxImportError(f"{what}: {location!r} has {st.st_nlink} hard links (refused, as onnx does)")
+        try:
+            offset = int(entries.get("offset", 0))
+            length = int(entries["length"]) if "length" in entries else st.st_size - offset
+        except ValueError:
+            raise OnnxImportError(f"{what}: offset/length are not integers: {entries}") from None
+        if offset < 0 or length < 0 or offset + length > st.st_size:
+            raise OnnxImportError(
+                f"{what}: offset {offset} + length {length} outside {location!r} ({st.st_size} bytes)")
+        if real not in files:
+            files[real] = st.st_size
+            budget.add_input(st.st_size)
+        budget.charge(length, f"external data of tensor {tensor.name!r} ({location!r})")
+    return found
+
+
+def _load_model(path: str | os.PathLike, budget: ReadBudget | None = None):
+    """Parses ``path`` (after the memory scan) and loads its checked external data."""
     try:
         import onnx
+        from onnx import external_data_helper
     except ImportError as e:  # pragma: no cover - onnx is a dependency
         raise ImportError("reading .onnx files needs the 'onnx' package") from e
+    source = os.fspath(path)
     try:
-        return onnx.load(os.fspath(path))
+        size = regular_file_size(source, OnnxImportError)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{source}: no such ONNX file") from None
+    budget = budget or ReadBudget(source, size, OnnxImportError)
+    if size == 0:
+        raise OnnxImportError(f"{source}: empty file")
+    try:
+        with open(source, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            _charge_protobuf(mapped, 0, len(mapped), onnx.ModelProto.DESCRIPTOR, budget)
+        budget.charge(2 * size, "the file's bytes and their parsed copy")
+        model = onnx.load(source, load_external_data=False)
+        if _check_external_data(model, source, budget):
+            external_data_helper.load_external_data_for_model(model, os.path.dirname(os.path.abspath(source)))
+    except (OnnxImportError, FileNotFoundError):
+        raise
+    except MemoryError:
+        raise budget.out_of_memory("parsing it") from None
     except Exception as e:  # noqa: BLE001 - any parse error: name the file
-        raise OnnxImportError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
+        raise OnnxImportError(f"{source}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    return model, budget
+
+
+def _build_graph(path: str | os.PathLike, max_read_bytes: int | None = None) -> _Graph:
+    """Parsed, checked model -> :class:`_Graph`; every failure an OnnxImportError naming the file."""
+    source = os.fspath(path)
+    budget = None
+    if max_read_bytes is not None:
+        try:
+            size = regular_file_size(source, OnnxImportError)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{source}: no such ONNX file") from None
+        budget = ReadBudget(source, size, OnnxImportError, max_read_bytes)
+    model, budget = _load_model(source, budget)
+    try:
+        return _Graph(model, source, budget)
+    except OnnxImportError:
+        raise
+    except MemoryError:
+        raise budget.out_of_memory("reading its initializers") from None
+    except Exception as e:  # noqa: BLE001 - a malformed graph: name the file
+        raise OnnxImportError(f"{source}: malformed ONNX graph ({type(e).__name__}: {e})") from None
 
 
 def _param_ops(graph: _Graph) -> list[_Op]:
@@ -244,14 +441,31 @@ def _check_input_normalization(graph: _Graph, model_name: str) -> tuple[str, set
     return "in-graph", set(chain)
 
 
-def import_onnx(path: str | os.PathLike, model_name: str | None = None) -> OnnxImport:
+def import_onnx(path: str | os.PathLike, model_name: str | None = None, *,
+                max_read_bytes: int | None = None) -> OnnxImport:
     """Reads an ONNX recognition graph into Flax variables for ``model_name`` (inferred when None).
 
+    ``max_read_bytes``: cap on the memory the read may materialise (default 4x the model's and its external
+    data's size on disk + 64 MiB, or ``$SYNLEAK_MAX_READ_BYTES``).
+
     Raises:
-      OnnxImportError: naming the node / initializer and the shapes when the graph does not fit the model.
+      FileNotFoundError: no file at ``path``.
+      OnnxImportError: naming the file, and the node / initializer and shapes when the graph does not fit the
+        model; also for unreadable, malformed or over-limit files and refused external data.
     """
     source = os.fspath(path)
-    graph = _Graph(_load_model(path), source)
+    graph = _build_graph(path, max_read_bytes)
+    try:
+        return _import_graph(graph, source, model_name)
+    except WeightMappingError:
+        raise
+    except MemoryError:
+        raise graph.budget.out_of_memory("converting it") from None
+    except Exception as e:  # noqa: BLE001 - a malformed graph (missing inputs, odd attributes): name the file
+        raise OnnxImportError(f"{source}: malformed ONNX graph ({type(e).__name__}: {e})") from None
+
+
+def _import_graph(graph: _Graph, source: str, model_name: str | None) -> OnnxImport:
     if model_name is None:
         model_name = infer_model_name(graph)
     try:
@@ -402,4 +616,10 @@ def load_onnx(path: str | os.PathLike, model_name: str | None = None) -> dict:
 
 def onnx_model_name(path: str | os.PathLike) -> str:
     """The registry model name inferred from an ONNX graph's structure."""
-    return infer_model_name(_Graph(_load_model(path), os.fspath(path)))
+    graph = _build_graph(path)
+    try:
+        return infer_model_name(graph)
+    except WeightMappingError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a malformed graph: name the file
+        raise OnnxImportError(f"{os.fspath(path)}: malformed ONNX graph ({type(e).__name__}: {e})") from None

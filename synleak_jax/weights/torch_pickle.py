@@ -32,11 +32,18 @@ so a crafted BUILD opcode cannot monkeypatch them either. Opt-in ``allow_opaque=
 into inert :class:`OpaqueObject` placeholders (still nothing imported or run) so that training checkpoints with
 extra objects (OmegaConf configs, callbacks) can be read; :func:`load_torch_file` still refuses a placeholder
 inside the state dict. See docs/weights.md.
+
+Memory model: everything a read materialises is charged to a :class:`read_limits.ReadBudget` before it is
+allocated (default 4x the file size + 64 MiB; ``max_read_bytes=`` / ``$SYNLEAK_MAX_READ_BYTES``); the
+unpickler is the metered pure-Python VM; zip records are read by :class:`_ZipRecords` (no overlapping or
+duplicate records, local names checked, bounded decompression). MemoryError never escapes: it becomes a
+TorchFileError naming the file.
 """
 
 from __future__ import annotations
 
 import _compat_pickle
+import bz2
 import collections
 import io
 import os
@@ -49,13 +56,20 @@ from typing import Any, Mapping
 import ml_dtypes
 import numpy as np
 
+from synleak_jax.weights.read_limits import BoundedUnpickler, ReadBudget, regular_file_size
+
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
 # How pickle protocol 2 encodes MAGIC_NUMBER: LONG1 opcode (0x8a), 10 bytes, little-endian.
 _LEGACY_MAGIC_BYTES = b"\x8a\x0a" + MAGIC_NUMBER.to_bytes(10, "little")
 
-# Refuse absurd allocations before reading: a storage larger than this needs a bigger machine anyway.
-_MAX_STORAGE_BYTES = 1 << 40
+# Records that are not torch's stored data: small, read whole.
+_MAX_BYTEORDER_RECORD = 16
+# Compressed input read per step while inflating a deflate/bzip2 record (bounds the decompressor's output
+# per call together with max_length).
+_INFLATE_CHUNK = 1 << 20
+_ZIP_METHOD_NAMES = {0: "stored", 8: "deflate", 9: "deflate64", 12: "bzip2", 14: "lzma", 93: "zstandard",
+                     95: "xz", 98: "ppmd", 99: "AES-encrypted"}
 
 
 class TorchFileError(ValueError):
@@ -205,15 +219,23 @@ def _opaque_type(qualname: str) -> type:
 
 
 class _Storage(_Inert):
-    """A storage: a flat uint8 buffer (filled now for zip files, after the pickle for legacy files)."""
+    """A storage: a flat uint8 buffer (filled now for zip files, after the pickle for legacy files).
 
-    __slots__ = ("key", "dtype", "numel", "buffer")
+    ``swap_bytes``: the file is big-endian and the storage is untyped/1-byte (its element size is only known
+    from the view's dtype), so multi-byte views of it are byte-swapped copies (see :func:`_view`).
+    ``budget``: the read's :class:`ReadBudget`, charged before any copy made from this storage.
+    """
 
-    def __init__(self, key: str, dtype: np.dtype, numel: int, buffer: np.ndarray):
+    __slots__ = ("key", "dtype", "numel", "buffer", "swap_bytes", "budget")
+
+    def __init__(self, key: str, dtype: np.dtype, numel: int, buffer: np.ndarray, budget: ReadBudget,
+                 swap_bytes: bool = False):
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "dtype", dtype)
         object.__setattr__(self, "numel", numel)
         object.__setattr__(self, "buffer", buffer)
+        object.__setattr__(self, "swap_bytes", swap_bytes)
+        object.__setattr__(self, "budget", budget)
 
     def __repr__(self):
         return f"<storage {self.key!r} {self.dtype} x {self.numel}>"
@@ -297,20 +319,37 @@ def _view(storage, offset, size, stride, dtype: np.dtype | None = None) -> np.nd
         byte_offset = offset * itemsize
     else:
         byte_offset = 0
-    return np.ndarray(
+    arr = np.ndarray(
         shape=size, dtype=dtype, buffer=storage.buffer, offset=byte_offset, strides=tuple(s * itemsize for s in stride)
     )
+    if storage.swap_bytes and _swap_unit(dtype) > 1:
+        arr = _byteswapped_copy(arr, storage)
+    return arr
 
 
-def _apply_metadata(arr: np.ndarray, metadata) -> np.ndarray:
+def _swap_unit(dtype: np.dtype) -> int:
+    """Bytes per byte-swapped unit: the item, or each component of a complex number."""
+    return dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize
+
+
+def _byteswapped_copy(arr: np.ndarray, storage: _Storage) -> np.ndarray:
+    """A native-order copy of a view whose bytes are big-endian (a multi-byte view of an untyped storage)."""
+    storage.budget.charge(arr.nbytes, f"byte-swapped copy of a {arr.dtype} tensor {arr.shape} over big-endian "
+                                      f"untyped storage {storage.key!r}")
+    out = arr.copy(order="C")
+    out.reshape(-1).view(np.dtype(f"u{_swap_unit(arr.dtype)}")).byteswap(inplace=True)
+    return out
+
+
+def _apply_metadata(arr: np.ndarray, metadata, storage: _Storage) -> np.ndarray:
     # torch stores conj/neg views lazily: the bytes are the un-conjugated/un-negated values.
     if metadata:
         if not isinstance(metadata, dict):
             raise TorchFileError(f"tensor metadata must be a dict, got {type(metadata).__name__}")
-        if metadata.get("conj"):
-            arr = np.conj(arr)
-        if metadata.get("neg"):
-            arr = np.negative(arr)
+        for flag, op in (("conj", np.conj), ("neg", np.negative)):
+            if metadata.get(flag):
+                storage.budget.charge(arr.nbytes, f"{flag} copy of a tensor {arr.shape} over storage {storage.key!r}")
+                arr = op(arr)
     return arr
 
 
@@ -319,13 +358,13 @@ def _rebuild_tensor(storage, storage_offset, size, stride):
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
-    return _apply_metadata(_view(storage, storage_offset, size, stride), metadata)
+    return _apply_metadata(_view(storage, storage_offset, size, stride), metadata, storage)
 
 
 def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None):
     if not isinstance(dtype, _DType) or dtype.is_storage:
         raise TorchFileError(f"_rebuild_tensor_v3 needs a torch dtype, got {dtype!r}")
-    return _apply_metadata(_view(storage, storage_offset, size, stride, dtype.np_dtype), metadata)
+    return _apply_metadata(_view(storage, storage_offset, size, stride, dtype.np_dtype), metadata, storage)
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
@@ -397,11 +436,15 @@ def allowed_globals() -> list[str]:
 # --------------------------------------------------------------------------------------------------------
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only allowlisted globals and resolves storages through ``storage_loader``."""
+class _RestrictedUnpickler(BoundedUnpickler):
+    """Unpickler that resolves only allowlisted globals and resolves storages through ``storage_loader``.
 
-    def __init__(self, file, source: str, storage_loader=None, opaque: bool = False):
-        super().__init__(file, encoding="utf-8")
+    It is the metered pure-Python VM (:class:`read_limits.BoundedUnpickler`): every object the pickle builds
+    is charged to the read's budget.
+    """
+
+    def __init__(self, file, source: str, budget: ReadBudget, storage_loader=None, opaque: bool = False):
+        super().__init__(file, budget, encoding="utf-8")
         self._source = source
         self._storage_loader = storage_loader
         self._opaque = opaque
@@ -451,14 +494,21 @@ _OPAQUE_HINT = (
 )
 
 
-def _restricted_load(f, source: str, storage_loader=None, opaque: bool = False):
+def _restricted_load(f, source: str, budget: ReadBudget, storage_loader=None, opaque: bool = False):
+    """One pickle from ``f`` through the restricted, metered unpickler; every failure is a TorchFileError
+    naming ``source`` (the rebuild functions raise theirs without it)."""
     try:
-        return _RestrictedUnpickler(f, source, storage_loader, opaque).load()
-    except TorchFileError:
-        raise
+        return _RestrictedUnpickler(f, source, budget, storage_loader, opaque).load()
+    except TorchFileError as e:
+        if str(e).startswith(source):
+            raise
+        raise type(e)(f"{source}: {e}") from None
     except (pickle.UnpicklingError, EOFError, struct.error) as e:
         raise TorchFileError(f"{source}: corrupt or truncated pickle data ({type(e).__name__}: {e})") from None
-    except (TypeError, ValueError, AttributeError, KeyError, IndexError, MemoryError, RecursionError) as e:
+    except MemoryError:
+        raise budget.out_of_memory("unpickling it") from None
+    except (TypeError, ValueError, AttributeError, LookupError, RecursionError, ArithmeticError, BufferError,
+            NotImplementedError, UnicodeError) as e:
         raise TorchFileError(f"{source}: malformed pickle data ({type(e).__name__}: {e})") from None
 
 
@@ -476,20 +526,20 @@ def _check_storage_args(args, source: str, legacy: bool):
     if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
         raise TorchFileError(f"{source}: storage {key!r} has invalid element count {numel!r}")
     nbytes = numel * storage_type.np_dtype.itemsize
-    if nbytes > _MAX_STORAGE_BYTES:
-        raise TorchFileError(f"{source}: storage {key!r} claims {nbytes} bytes; refusing")
     return storage_type.np_dtype, str(key), numel, nbytes
 
 
-def _byteswap_buffer(buffer: np.ndarray, dtype: np.dtype, source: str, key: str) -> None:
-    """In-place big -> little endian conversion of a storage buffer of ``dtype`` elements."""
-    size = dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize  # complex: swap each component
-    if size == 1:
-        return
-    if dtype == np.uint8:  # untyped storage: element size unknown
-        raise TorchFileError(f"{source}: big-endian untyped storage {key!r} is not supported")
-    as_uint = buffer.view(np.dtype(f"u{size}"))
-    as_uint.byteswap(inplace=True)
+def _byteswap_buffer(buffer: np.ndarray, dtype: np.dtype) -> bool:
+    """In-place big -> little endian conversion of a storage buffer of ``dtype`` elements.
+
+    Returns True when the element size is unknown here (an untyped or 1-byte storage): its multi-byte views
+    are swapped when they are made (:func:`_view`), since only the view knows its dtype.
+    """
+    unit = _swap_unit(dtype)
+    if unit == 1:
+        return True
+    buffer.view(np.dtype(f"u{unit}")).byteswap(inplace=True)
+    return False
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -497,18 +547,156 @@ def _byteswap_buffer(buffer: np.ndarray, dtype: np.dtype, source: str, key: str)
 # --------------------------------------------------------------------------------------------------------
 
 
-def _read_stored_record(raw, info: zipfile.ZipInfo, buffer: np.ndarray, path: str) -> int:
-    """Reads an uncompressed zip record straight into ``buffer`` (one copy) and checks its CRC-32.
+class _ZipRecords:
+    """The records of a zip checkpoint, read by our own bounded reader (zipfile parses the central directory).
 
-    zipfile's own reader copies through intermediate bytes objects; torch's records are stored, so this is
-    the common path for large checkpoints.
+    Checked before any record is read: names are unique and records do not overlap (each record's header and
+    data end before the next record or the central directory — the "many names, one stored record" trick is
+    refused). Checked per record: the local header names the same file as the central directory (Python's
+    zipfile does this too; our stored-record fast path must as well), no encryption flag, a compression method
+    we can bound (stored, deflate, bzip2), decompressed size exactly the declared one (the decompressor is
+    never asked for more than the declared size + 1 byte, which the budget has already admitted), CRC-32.
     """
-    raw.seek(info.header_offset)
-    header = raw.read(30)
-    if len(header) != 30 or header[:4] != b"PK\x03\x04":
-        raise zipfile.BadZipFile(f"bad local header for {info.filename!r}")
-    name_len, extra_len = struct.unpack("<HH", header[26:30])
-    raw.seek(info.header_offset + 30 + name_len + extra_len)
+
+    def __init__(self, path: str, raw, budget: ReadBudget):
+        self.path = path
+        self.raw = raw
+        self.budget = budget
+        try:
+            with zipfile.ZipFile(raw) as zf:
+                infos = zf.infolist()
+                start_dir = zf.start_dir
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, struct.error,
+                UnicodeError, NotImplementedError) as e:
+            raise TorchFileError(f"{path}: not a readable zip archive ({e}); truncated or corrupt file?") from None
+        except MemoryError:
+            raise budget.out_of_memory("reading its zip directory") from None
+        self.by_name: dict[str, zipfile.ZipInfo] = {}
+        for info in infos:
+            if info.filename in self.by_name:
+                raise TorchFileError(f"{path}: zip archive lists {info.filename!r} twice (crafted archive?)")
+            self.by_name[info.filename] = info
+        self.end_of: dict[str, int] = {}
+        ordered = sorted(infos, key=lambda i: i.header_offset)
+        for i, info in enumerate(ordered):
+            end = ordered[i + 1].header_offset if i + 1 < len(ordered) else start_dir
+            if info.header_offset < 0 or info.header_offset + 30 + info.compress_size > end:
+                raise TorchFileError(
+                    f"{path}: zip record {info.filename!r} overlaps the next record or the central directory "
+                    "(crafted archive?)")
+            self.end_of[info.filename] = end
+
+    def names(self) -> list[str]:
+        return list(self.by_name)
+
+    def size(self, name: str) -> int:
+        return self.by_name[name].file_size
+
+    def read(self, name: str, what: str) -> np.ndarray:
+        """Record ``name`` decompressed into a new uint8 array (charged to the budget first)."""
+        info = self.by_name[name]
+        method = info.compress_type
+        if info.flag_bits & 0x1:
+            raise TorchFileError(f"{self.path}: zip record {name!r} is encrypted; torch never writes encrypted records")
+        if method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2):
+            label = _ZIP_METHOD_NAMES.get(method, "unknown")
+            raise TorchFileError(
+                f"{self.path}: zip record {name!r} uses compression method {method} ({label}), which is not "
+                "supported (stored, deflate and bzip2 are; torch.save writes stored records)")
+        try:
+            start = self._check_local_header(info)
+            self.budget.charge(info.file_size, what)
+            buffer = np.empty(info.file_size, np.uint8)
+            self.raw.seek(start)
+            if method == zipfile.ZIP_STORED:
+                if info.compress_size != info.file_size:
+                    raise TorchFileError(f"{self.path}: stored zip record {name!r} has different compressed and "
+                                         f"uncompressed sizes ({info.compress_size} vs {info.file_size})")
+                got = _read_into(self.raw, buffer)
+            else:
+                got = self._inflate(info, buffer)
+        except TorchFileError:
+            raise
+        except OSError as e:
+            raise TorchFileError(f"{self.path}: cannot read zip record {name!r} ({e})") from None
+        except (zlib.error, ValueError, EOFError) as e:  # bz2 raises OSError/ValueError/EOFError on bad data
+            raise TorchFileError(f"{self.path}: corrupt compressed zip record {name!r} ({e})") from None
+        except MemoryError:
+            raise self.budget.out_of_memory(f"reading zip record {name!r}") from None
+        if got != info.file_size:
+            raise TorchFileError(
+                f"{self.path}: zip record {name!r} ended after {got} of {info.file_size} bytes; truncated file?")
+        if zlib.crc32(memoryview(buffer)) != info.CRC:
+            raise TorchFileError(f"{self.path}: CRC-32 mismatch in zip record {name!r} (corrupt file)")
+        return buffer
+
+    def _check_local_header(self, info: zipfile.ZipInfo) -> int:
+        """Validates the local header of ``info``; returns the offset of its data."""
+        self.raw.seek(info.header_offset)
+        header = self.raw.read(30)
+        if len(header) != 30 or header[:4] != b"PK\x03\x04":
+            raise TorchFileError(f"{self.path}: bad local header for zip record {info.filename!r}; truncated file?")
+        (local_flags,) = struct.unpack("<H", header[6:8])
+        if local_flags & 0x1:
+            raise TorchFileError(
+                f"{self.path}: zip record {info.filename!r} is encrypted; torch never writes encrypted records")
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        raw_name = self.raw.read(name_len)
+        try:  # decoded as zipfile decodes central-directory names
+            local_name = raw_name.decode("utf-8" if info.flag_bits & 0x800 else "cp437")
+        except UnicodeDecodeError:
+            local_name = repr(raw_name)
+        if local_name != info.orig_filename:
+            raise TorchFileError(
+                f"{self.path}: zip record {info.filename!r}: its local header names {local_name!r} (crafted "
+                "archive?)")
+        start = info.header_offset + 30 + name_len + extra_len
+        if start + info.compress_size > self.end_of[info.filename]:
+            raise TorchFileError(
+                f"{self.path}: zip record {info.filename!r} overlaps the next record or the central directory "
+                "(crafted archive?)")
+        return start
+
+    def _inflate(self, info: zipfile.ZipInfo, buffer: np.ndarray) -> int:
+        """Decompresses ``info``'s data into ``buffer``; never produces more than len(buffer) + 1 bytes."""
+        deflate = info.compress_type == zipfile.ZIP_DEFLATED
+        decomp = zlib.decompressobj(-zlib.MAX_WBITS) if deflate else bz2.BZ2Decompressor()
+        view = memoryview(buffer)
+        size, got, left = len(buffer), 0, info.compress_size
+        while True:
+            if deflate:
+                feed = decomp.unconsumed_tail
+                if not feed:
+                    if not left or decomp.eof:
+                        break
+                    feed = self.raw.read(min(_INFLATE_CHUNK, left))
+                    left -= len(feed)
+                    if not feed:
+                        break
+            else:
+                if decomp.eof:
+                    break
+                if decomp.needs_input:
+                    if not left:
+                        break
+                    feed = self.raw.read(min(_INFLATE_CHUNK, left))
+                    left -= len(feed)
+                    if not feed:
+                        break
+                else:
+                    feed = b""
+            out = decomp.decompress(feed, size - got + 1)
+            if got + len(out) > size:
+                raise TorchFileError(
+                    f"{self.path}: zip record {info.filename!r} decompresses to more than its declared "
+                    f"{size} bytes (crafted archive?)")
+            view[got:got + len(out)] = out
+            got += len(out)
+        return got
+
+
+def _read_into(raw, buffer: np.ndarray) -> int:
+    """Fills ``buffer`` from the file's current position; returns the bytes read (short at end of file)."""
     view = memoryview(buffer)
     got = 0
     while got < len(view):
@@ -516,27 +704,24 @@ def _read_stored_record(raw, info: zipfile.ZipInfo, buffer: np.ndarray, path: st
         if not n:
             break
         got += n
-    if got == len(view) and zlib.crc32(view) != info.CRC:
-        raise zipfile.BadZipFile(f"CRC-32 mismatch in {info.filename!r} (corrupt file)")
     return got
 
 
-def _read_zip(path: str, opaque: bool = False) -> Any:
-    try:
-        zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as e:
-        raise TorchFileError(f"{path}: not a readable zip archive ({e}); truncated or corrupt file?") from None
-    with zf, open(path, "rb") as raw:
-        names = zf.namelist()
+def _read_zip(path: str, opaque: bool, budget: ReadBudget) -> Any:
+    with open(path, "rb") as raw:
+        records = _ZipRecords(path, raw, budget)
+        names = records.names()
         if any(n.split("/", 1)[-1].startswith("code/") for n in names) or any(n.endswith("constants.pkl") for n in names):
             raise TorchFileError(f"{path}: this is a TorchScript archive (torch.jit.save); not supported, export a state_dict")
         pkls = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pkls) != 1:
-            raise TorchFileError(f"{path}: zip archive without a single '<prefix>/data.pkl' record (found {pkls})")
+            raise TorchFileError(f"{path}: zip archive without a single '<prefix>/data.pkl' record (found {pkls[:5]})")
         prefix = pkls[0][: -len("data.pkl")]
         big_endian = False
         if prefix + "byteorder" in names:
-            order = zf.read(prefix + "byteorder")
+            if records.size(prefix + "byteorder") > _MAX_BYTEORDER_RECORD:
+                raise TorchFileError(f"{path}: byteorder record of {records.size(prefix + 'byteorder')} bytes")
+            order = records.read(prefix + "byteorder", "the byteorder record").tobytes()
             if order not in (b"little", b"big"):
                 raise TorchFileError(f"{path}: unknown byteorder record {order!r}")
             big_endian = order == b"big"
@@ -550,54 +735,39 @@ def _read_zip(path: str, opaque: bool = False) -> Any:
                     raise TorchFileError(f"{path}: storage {key!r} used with dtypes {st.dtype} and {dtype}")
                 return st
             record = f"{prefix}data/{key}"
-            try:
-                info = zf.getinfo(record)
-            except KeyError:
-                raise TorchFileError(f"{path}: storage record {record!r} is missing from the archive") from None
-            # Bound the allocation by what the archive can hold (deflate expands at most ~1032x).
-            limit = info.compress_size * (1 if info.compress_type == zipfile.ZIP_STORED else 1032)
-            if nbytes > limit:
-                raise TorchFileError(f"{path}: storage {key!r} claims {nbytes} bytes, its record holds at most {limit}")
-            if info.file_size < nbytes:
+            if record not in records.by_name:
+                raise TorchFileError(f"{path}: storage record {record!r} is missing from the archive")
+            if records.size(record) < nbytes:
                 raise TorchFileError(
-                    f"{path}: storage record {record!r} has {info.file_size} bytes, expected {nbytes} (truncated?)"
-                )
-            buffer = np.empty(nbytes, np.uint8)
-            try:
-                if info.compress_type == zipfile.ZIP_STORED and info.file_size == nbytes:
-                    got = _read_stored_record(raw, info, buffer, path)
-                else:
-                    with zf.open(info) as fh:
-                        got = fh.readinto(memoryview(buffer))
-            except (zipfile.BadZipFile, OSError, EOFError) as e:
-                raise TorchFileError(f"{path}: cannot read storage record {record!r} ({e}); truncated file?") from None
-            if got != nbytes:
-                raise TorchFileError(f"{path}: storage record {record!r} ended after {got} of {nbytes} bytes")
-            if big_endian:
-                _byteswap_buffer(buffer, dtype, path, key)
-            st = _Storage(key, dtype, numel, buffer)
+                    f"{path}: storage record {record!r} has {records.size(record)} bytes, expected {nbytes} "
+                    "(truncated?)")
+            buffer = records.read(record, f"storage {key!r}")[:nbytes]
+            swap = big_endian and _byteswap_buffer(buffer, dtype)
+            st = _Storage(key, dtype, numel, buffer, budget, swap_bytes=swap)
             storages[key] = st
             return st
 
-        try:
-            data = zf.read(pkls[0])
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise TorchFileError(f"{path}: cannot read {pkls[0]!r} ({e}); truncated file?") from None
-        return _restricted_load(io.BytesIO(data), path, load_storage, opaque)
+        pickle_bytes = records.read(pkls[0], pkls[0])
+        budget.charge(pickle_bytes.nbytes, f"a copy of {pkls[0]!r} for the unpickler")
+        stream = io.BytesIO(memoryview(pickle_bytes))
+        del pickle_bytes
+        return _restricted_load(stream, path, budget, load_storage, opaque)
 
 
-def _read_legacy(path: str, opaque: bool = False) -> Any:
-    file_size = os.path.getsize(path)
+def _read_legacy(path: str, opaque: bool, budget: ReadBudget) -> Any:
+    file_size = budget.size_on_disk
     with open(path, "rb") as f:
-        magic = _restricted_load(f, path)
+        magic = _restricted_load(f, path, budget)
         if magic != MAGIC_NUMBER:
             raise TorchFileError(f"{path}: not a PyTorch legacy file (wrong magic number)")
-        version = _restricted_load(f, path)
+        version = _restricted_load(f, path, budget)
         if version != PROTOCOL_VERSION:
             raise TorchFileError(f"{path}: unsupported legacy protocol version {version!r}")
-        sys_info = _restricted_load(f, path)
+        sys_info = _restricted_load(f, path, budget)
         if not isinstance(sys_info, dict):
             raise TorchFileError(f"{path}: malformed sys-info header")
+        if sys_info.get("little_endian", True) is False:
+            raise TorchFileError(f"{path}: big-endian legacy checkpoint; not supported (re-save it with torch.save)")
         roots: dict[str, _Storage] = {}
         views: dict[str, _Storage] = {}
 
@@ -610,8 +780,9 @@ def _read_legacy(path: str, opaque: bool = False) -> Any:
             else:
                 if nbytes > file_size:
                     raise TorchFileError(f"{path}: storage {key!r} claims {nbytes} bytes, more than the file holds")
+                budget.charge(nbytes, f"storage {key!r}")
                 # Filled after the pickle (the bytes follow it), before the second pass.
-                root = _Storage(key, dtype, numel, np.zeros(nbytes, np.uint8))
+                root = _Storage(key, dtype, numel, np.zeros(nbytes, np.uint8), budget)
                 roots[key] = root
             view_metadata = args[4]
             if view_metadata is None:
@@ -624,18 +795,19 @@ def _read_legacy(path: str, opaque: bool = False) -> Any:
                 if not all(isinstance(v, int) and v >= 0 for v in (offset, view_size)) or offset + view_size > numel:
                     raise TorchFileError(f"{path}: storage view {view_metadata!r} outside storage {key!r}")
                 it = dtype.itemsize
-                views[view_key] = _Storage(view_key, dtype, view_size, root.buffer[offset * it : (offset + view_size) * it])
+                views[view_key] = _Storage(view_key, dtype, view_size, root.buffer[offset * it : (offset + view_size) * it],
+                                           budget)
             return views[view_key]
 
         # Pass 1 learns each storage's dtype and size (needed to parse the bytes after the pickle); the
         # objects it builds are discarded because some (conj/neg views) are computed from the data.
         pickle_start = f.tell()
-        _restricted_load(f, path, load_storage, opaque)
-        keys = _restricted_load(f, path)
+        _restricted_load(f, path, budget, load_storage, opaque)
+        keys = _restricted_load(f, path, budget)
         if not isinstance(keys, list):
             raise TorchFileError(f"{path}: malformed storage key list")
         for key in keys:
-            key = str(key.decode("ascii") if isinstance(key, bytes) else key)
+            key = str(key.decode("ascii", "replace") if isinstance(key, bytes) else key)
             if key not in roots:
                 raise TorchFileError(f"{path}: storage {key!r} listed but never referenced")
             st = roots[key]
@@ -645,17 +817,17 @@ def _read_legacy(path: str, opaque: bool = False) -> Any:
             (count,) = struct.unpack("<q", head)
             if count != st.numel:
                 raise TorchFileError(f"{path}: storage {key!r} holds {count} elements, the pickle expects {st.numel}")
-            got = f.readinto(memoryview(st.buffer)) if st.buffer.nbytes else 0
+            got = _read_into(f, st.buffer) if st.buffer.nbytes else 0
             if got != st.buffer.nbytes:
                 raise TorchFileError(
                     f"{path}: truncated file: storage {key!r} has {got} of {st.buffer.nbytes} bytes"
                 )
-        missing = set(roots) - {str(k) for k in keys}
+        missing = set(roots) - {str(k.decode("ascii", "replace") if isinstance(k, bytes) else k) for k in keys}
         if missing:
-            raise TorchFileError(f"{path}: storages {sorted(missing)} have no data in the file")
+            raise TorchFileError(f"{path}: storages {sorted(missing)[:10]} have no data in the file")
         # Pass 2: the same pickle again, now over filled storages (``roots``/``views`` are reused).
         f.seek(pickle_start)
-        return _restricted_load(f, path, load_storage, opaque)
+        return _restricted_load(f, path, budget, load_storage, opaque)
 
 
 def sniff_torch_format(head: bytes) -> str | None:
@@ -667,7 +839,29 @@ def sniff_torch_format(head: bytes) -> str | None:
     return None
 
 
-def read_torch_pickle(path: str | os.PathLike, *, allow_opaque: bool = False) -> Any:
+def _open_budget(path: str, max_read_bytes: int | None) -> ReadBudget:
+    """The read budget of ``path`` after checking it is a regular file (see read_limits)."""
+    try:
+        size = regular_file_size(path, TorchFileError)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such weights file") from None
+    return ReadBudget(path, size, TorchFileError, max_read_bytes)
+
+
+def _read_any(path: str, allow_opaque: bool, budget: ReadBudget) -> Any:
+    with open(path, "rb") as f:
+        head = f.read(512)
+    kind = sniff_torch_format(head)
+    if kind == "torch_zip":
+        return _read_zip(path, allow_opaque, budget)
+    if kind == "torch_legacy":
+        return _read_legacy(path, allow_opaque, budget)
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        raise TorchFileError(f"{path}: legacy tar checkpoint (PyTorch < 0.4) is not supported")
+    raise TorchFileError(f"{path}: not a PyTorch checkpoint (neither zip nor legacy magic number found)")
+
+
+def read_torch_pickle(path: str | os.PathLike, *, allow_opaque: bool = False, max_read_bytes: int | None = None) -> Any:
     """Reads a PyTorch checkpoint into Python objects with every tensor as a numpy array (never runs torch).
 
     Tensors are numpy views over their storages (tensors sharing a storage share memory, as in torch);
@@ -676,24 +870,22 @@ def read_torch_pickle(path: str | os.PathLike, *, allow_opaque: bool = False) ->
     ``allow_opaque=True`` any other global becomes an inert :class:`OpaqueObject` instead of an error (still
     nothing is imported or executed); the default refuses it.
 
+    Memory: everything materialised (storages, decompressed records, the pickle's objects, copies) is
+    charged to a :class:`read_limits.ReadBudget`: at most 4x the file size + 64 MiB, or ``max_read_bytes``
+    (else ``$SYNLEAK_MAX_READ_BYTES``) when given; beyond it the file is refused.
+
     Raises:
       FileNotFoundError: ``path`` does not exist.
       ForbiddenGlobalError: the pickle references a global outside the allowlist (nothing is executed).
-      TorchFileError: truncated/corrupt file, unsupported content (TorchScript, whole modules, tar format).
+      TorchFileError: not a regular file, truncated/corrupt/crafted file, over the memory limit, unsupported
+        content (TorchScript, whole modules, tar format). Never MemoryError.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such weights file")
-    with open(path, "rb") as f:
-        head = f.read(512)
-    kind = sniff_torch_format(head)
-    if kind == "torch_zip":
-        return _read_zip(path, allow_opaque)
-    if kind == "torch_legacy":
-        return _read_legacy(path, allow_opaque)
-    if len(head) >= 262 and head[257:262] == b"ustar":
-        raise TorchFileError(f"{path}: legacy tar checkpoint (PyTorch < 0.4) is not supported")
-    raise TorchFileError(f"{path}: not a PyTorch checkpoint (neither zip nor legacy magic number found)")
+    budget = _open_budget(path, max_read_bytes)
+    try:
+        return _read_any(path, allow_opaque, budget)
+    except MemoryError:
+        raise budget.out_of_memory() from None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -721,6 +913,12 @@ def _is_tensor_tree(obj) -> bool:
 
 
 def _find_state_dict(obj, path: str, depth: int = 0) -> Mapping:
+    if isinstance(obj, Mapping) and len(obj) == 1 and depth < 3:
+        # Exactly {"state_dict": {...}} (a Lightning checkpoint stripped of everything else): a wrapper, not a
+        # module called "state_dict".
+        ((key, value),) = obj.items()
+        if key in _WRAPPER_KEYS and isinstance(value, Mapping):
+            return _find_state_dict(value, path, depth + 1)
     if _is_tensor_tree(obj):
         return obj
     if isinstance(obj, Mapping) and depth < 3:
@@ -753,7 +951,8 @@ def strip_common_prefixes(tensors: Mapping[str, Any], prefixes=("model.", "modul
 
 
 def load_torch_file(
-    path: str | os.PathLike, *, strip_prefixes=("model.", "module."), allow_opaque: bool = False
+    path: str | os.PathLike, *, strip_prefixes=("model.", "module."), allow_opaque: bool = False,
+    max_read_bytes: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Loads the state dict of a PyTorch checkpoint as ``{key: np.ndarray}`` without torch.
 
@@ -762,9 +961,22 @@ def load_torch_file(
     the state dict are dropped. ``strip_prefixes`` are removed only when every key carries them.
     Arrays are C-contiguous (non-contiguous views are copied), in torch's dtype. ``allow_opaque``: see
     :func:`read_torch_pickle`; an opaque object inside the state dict itself is still an error.
+
+    Memory (see :func:`read_torch_pickle` for the limit and ``max_read_bytes``): besides what the reader
+    materialises, every state-dict tensor is charged its full size — it is either copied here (a
+    non-contiguous view) or copied by the converters — so a crafted view (stride 0, or one storage shared by
+    many keys or memo references) cannot make a tiny file expand into gigabytes downstream.
     """
     path = os.fspath(path)
-    obj = read_torch_pickle(path, allow_opaque=allow_opaque)
+    budget = _open_budget(path, max_read_bytes)
+    try:
+        return _load_state_dict(path, strip_prefixes, allow_opaque, budget)
+    except MemoryError:
+        raise budget.out_of_memory() from None
+
+
+def _load_state_dict(path: str, strip_prefixes, allow_opaque: bool, budget: ReadBudget) -> dict[str, np.ndarray]:
+    obj = _read_any(path, allow_opaque, budget)
     out: dict[str, np.ndarray] = {}
     skipped: list[tuple[str, Any]] = []
     try:
@@ -783,6 +995,9 @@ def load_torch_file(
         logging.warning(
             "%s: ignoring %d non-tensor state-dict entries: %s", path, len(skipped), [k for k, _ in skipped[:10]]
         )
-    # (np.ascontiguousarray would turn 0-d tensors into 1-d arrays.)
-    out = {k: v if v.flags.c_contiguous else v.copy(order="C") for k, v in out.items()}
-    return strip_common_prefixes(out, strip_prefixes)
+    contiguous = {}
+    for key, value in out.items():
+        budget.charge(value.nbytes, f"state-dict tensor {key!r} {value.dtype}{list(value.shape)}")
+        # (np.ascontiguousarray would turn 0-d tensors into 1-d arrays.)
+        contiguous[key] = value if value.flags.c_contiguous else value.copy(order="C")
+    return strip_common_prefixes(contiguous, strip_prefixes)

@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 
-from synleak_jax.attack import calibration as C
-from synleak_jax.attack import scores as S
+from synleak_jax.attack import calibration
+from synleak_jax.attack import pairs
+from synleak_jax.search import make_mesh
 
 
 def _brute(x, labels, metric):
-    s = S.pair_scores_np(x, x, metric)
+    s = pairs.pair_scores_np(x, x, metric)
     iu = np.triu_indices(len(x), 1)
     same = (labels[:, None] == labels[None, :])[iu] if labels is not None else np.zeros(len(iu[0]), bool)
     return s[iu][~same], s[iu][same]
@@ -26,7 +27,7 @@ def test_exact_tau_equals_numpy_quantile_exactly(rng, nbins, cap):
     lab = rng.integers(0, 30, 260)
     imp, gen = _brute(x, lab, "cosine")
     fmrs = [1e-2, 1e-3, 1e-4]
-    cal = C.calibrate_embeddings(x, lab, fmrs, metric="cosine", nbins=nbins, collect_cap=cap, block=64)
+    cal = calibration.calibrate_embeddings(x, lab, fmrs, metric="cosine", nbins=nbins, collect_cap=cap)
     assert cal.n_impostor == imp.size and cal.n_genuine == gen.size
     for t, f in zip(cal.thresholds, fmrs):
         ref = np.quantile(imp, 1 - f, method="inverted_cdf")
@@ -43,7 +44,7 @@ def test_tau_on_float_embeddings(rng, metric):
         x *= 0.7
     lab = rng.integers(0, 40, 400)
     imp, gen = _brute(x, lab, metric)
-    cal = C.calibrate_embeddings(x, lab, [1e-2, 1e-3], metric=metric, block=128)
+    cal = calibration.calibrate_embeddings(x, lab, [1e-2, 1e-3], metric=metric)
     for t in cal.thresholds:
         ref = np.quantile(imp, 1 - t.fmr, method="inverted_cdf")
         assert abs(t.tau - ref) < 2e-6  # float32 scores vs float64 reference
@@ -56,7 +57,7 @@ def test_tau_on_float_embeddings(rng, metric):
 def test_calibrate_scores_and_fixed_threshold(rng):
     imp = rng.normal(0, 0.1, 20011)
     gen = rng.normal(0.6, 0.1, 3001)
-    cal = C.calibrate_scores(imp, gen, [1e-2, 1e-3], metric="cosine", fixed_thresholds={"published 0.5": 0.5})
+    cal = calibration.calibrate_scores(imp, gen, [1e-2, 1e-3], metric="cosine", fixed_thresholds={"published 0.5": 0.5})
     for t in cal.thresholds[:2]:
         assert t.tau == np.quantile(imp, 1 - t.fmr, method="inverted_cdf")
         assert t.fnmr == pytest.approx((gen <= t.tau).mean())
@@ -71,7 +72,7 @@ def test_calibrate_scores_and_fixed_threshold(rng):
 def test_euclidean_fixed_threshold_in_native_units(rng):
     x = rng.normal(size=(120, 8)).astype(np.float32) * 0.2
     imp, _ = _brute(x, None, "euclidean")
-    cal = C.calibrate_embeddings(x, None, [1e-2], metric="euclidean", fixed_thresholds={"dlib 0.6": 0.6}, block=64)
+    cal = calibration.calibrate_embeddings(x, None, [1e-2], metric="euclidean", fixed_thresholds={"dlib 0.6": 0.6})
     fixed = cal.thresholds[1]
     assert fixed.tau_native == pytest.approx(0.6) and fixed.impostors_above == (-imp < 0.6).sum()
 
@@ -79,7 +80,7 @@ def test_euclidean_fixed_threshold_in_native_units(rng):
 def test_impossible_fmr_says_how_many_pairs_are_needed(rng):
     x = rng.normal(size=(50, 4)).astype(np.float32)
     with pytest.raises(ValueError, match=r"FMR 1e-06 .*1,000,000 impostor pairs.*only 1,225"):
-        C.calibrate_embeddings(x, None, [1e-2, 1e-6], metric="cosine")
+        calibration.calibrate_embeddings(x, None, [1e-2, 1e-6], metric="cosine")
 
 
 def test_same_answer_on_one_and_eight_devices(rng):
@@ -90,14 +91,34 @@ def test_same_answer_on_one_and_eight_devices(rng):
     x = rng.normal(size=(700, 16)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     lab = rng.integers(0, 60, 700)
-    one = C.calibrate_embeddings(x, lab, [1e-2, 1e-3, 1e-4], metric="cosine", block=64, devices=jax.devices()[:1])
-    many = C.calibrate_embeddings(x, lab, [1e-2, 1e-3, 1e-4], metric="cosine", block=64, devices=jax.devices())
+    one = calibration.calibrate_embeddings(x, lab, [1e-2, 1e-3, 1e-4], metric="cosine", mesh=make_mesh(jax.devices()[:1]),
+                                 fixed_thresholds={"fixed": 0.3})
+    many = calibration.calibrate_embeddings(x, lab, [1e-2, 1e-3, 1e-4], metric="cosine", mesh=make_mesh(),
+                                  fixed_thresholds={"fixed": 0.3})
     assert [t.to_dict() for t in one.thresholds] == [t.to_dict() for t in many.thresholds]
     np.testing.assert_array_equal(one.hist_impostor, many.hist_impostor)
     np.testing.assert_array_equal(one.hist_genuine, many.hist_genuine)
     assert (one.impostor_mean, one.impostor_std, one.eer) == (many.impostor_mean, many.impostor_std, many.eer)
-    s1 = S.PairSets(x[:300], lab[:300], x[300:], lab[300:], metric="euclidean", block=64, devices=jax.devices()[:1])
-    s8 = S.PairSets(x[:300], lab[:300], x[300:], lab[300:], metric="euclidean", block=64)
-    h1, h8 = S.pair_histogram(s1, nbins=512), S.pair_histogram(s8, nbins=512)
+    bins = pairs.Bins(-2.0, 2.0, 512)
+    h1 = pairs.histogram(x[:300], lab[:300], "euclidean", bins, y=x[300:], y_labels=lab[300:],
+                         mesh=make_mesh(jax.devices()[:1]))
+    h8 = pairs.histogram(x[:300], lab[:300], "euclidean", bins, y=x[300:], y_labels=lab[300:], mesh=make_mesh())
     np.testing.assert_array_equal(h1.impostor, h8.impostor)
     assert h1.moments("genuine") == h8.moments("genuine")
+
+
+@pytest.mark.parametrize("nbins,cap", [(1 << 16, 1 << 20), (64, 16)])  # second: the EER bin is refined first
+def test_exact_eer_equals_sklearn_roc(rng, nbins, cap):
+    """The EER of calibrate_embeddings is the exact ROC-point EER (sklearn roc_curve, drop_intermediate=False):
+    quantised embeddings make every score exact in float32, so the two agree to 1e-12."""
+    from sklearn.metrics import roc_curve
+
+    x = _quantised_unit(rng, 240, 5)
+    lab = rng.integers(0, 12, 240)
+    imp, gen = _brute(x, lab, "cosine")
+    cal = calibration.calibrate_embeddings(x, lab, [1e-2], metric="cosine", nbins=nbins, collect_cap=cap)
+    y = np.r_[np.ones(gen.size), np.zeros(imp.size)]
+    fpr, tpr, _ = roc_curve(y, np.r_[gen, imp], drop_intermediate=False)
+    fnr = 1 - tpr
+    i = np.argmin(np.abs(fpr - fnr))
+    assert abs(cal.eer - (fpr[i] + fnr[i]) / 2) < 1e-12

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from synleak_jax.attack import calibration as C
+from synleak_jax.attack import calibration
 from synleak_jax.attack import distributions as Dd
-from synleak_jax.attack import identity as I
-from synleak_jax.attack import scores as S
+from synleak_jax.attack import identity as identity_lib
+from synleak_jax.attack import pairs
+from synleak_jax.attack.neighbours import scan_real_vs_synthetic
 
 
 def _unit(x):
@@ -20,9 +21,9 @@ def test_identity_relation_brute_force(rng):
     real = _unit(centres[rl] + 0.6 * rng.normal(size=(rl.size, d)) / np.sqrt(d) * 3)
     sl = np.repeat(np.arange(nc), 4)
     syn = _unit(centres[sl] + 0.9 * rng.normal(size=(sl.size, d)) / np.sqrt(d) * 3)
-    cal = C.calibrate_embeddings(real, rl, [1e-2], metric="cosine", block=64)
-    rel = I.identity_relation(real, rl, syn, sl, cal, metric="cosine", block=64)
-    full = S.pair_scores_np(real, syn, "cosine")
+    cal = calibration.calibrate_embeddings(real, rl, [1e-2], metric="cosine")
+    rel = identity_lib.identity_relation(real, rl, syn, sl, cal, metric="cosine")
+    full = pairs.pair_scores_np(real, syn, "cosine")
     same = rl[:, None] == sl[None, :]
     g, i = full[same], full[~same]
     out = rel.to_dict()
@@ -42,9 +43,10 @@ def test_identity_relation_brute_force(rng):
 def test_real_vs_generated_tails_and_agreement(rng):
     real = _unit(rng.normal(size=(90, 8)))
     syn = _unit(rng.normal(size=(70, 8)))
-    cal = C.calibrate_embeddings(real, None, [1e-2], metric="cosine", block=32)
-    rg = Dd.real_vs_generated(real, syn, cal, metric="cosine", block=32)
-    full = S.pair_scores_np(real, syn, "cosine")
+    cal = calibration.calibrate_embeddings(real, None, [1e-2], metric="cosine")
+    scan = scan_real_vs_synthetic(real, syn, metric="cosine", k=3, taus=[t.tau for t in cal.thresholds])
+    rg = Dd.real_vs_generated(scan, cal)
+    full = pairs.pair_scores_np(real, syn, "cosine")
     assert rg["n_pairs"] == full.size and rg["hist_counts"].sum() == full.size
     t = rg["tails"][0]
     assert t["real_vs_generated_pairs_above"] == (full > cal.thresholds[0].tau).sum()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from synleak_jax.attack import membership as M
+from synleak_jax.attack import membership as membership_lib
 
 
 @pytest.mark.parametrize("ties", [False, True])
@@ -13,7 +13,7 @@ def test_roc_auc_tpr_equal_sklearn(rng, ties):
     neg = rng.normal(0.0, 1.0, 1500)
     if ties:
         pos, neg = np.round(pos, 1), np.round(neg, 1)
-    res = M.membership_metrics(pos, neg)
+    res = membership_lib.membership_metrics(pos, neg)
     y = np.r_[np.ones(pos.size), np.zeros(neg.size)]
     s = np.r_[pos, neg]
     assert res.auc == pytest.approx(roc_auc_score(y, s), abs=1e-12)
@@ -31,12 +31,12 @@ def test_roc_auc_tpr_equal_sklearn(rng, ties):
 
 def test_attack_scores():
     s = np.array([[0.9, 0.5, 0.1], [0.4, 0.3, 0.2]])
-    np.testing.assert_allclose(M.attack_scores(s, "max"), [0.9, 0.4])
-    np.testing.assert_allclose(M.attack_scores(s, "topk_mean", 2), [0.7, 0.35])
+    np.testing.assert_allclose(membership_lib.attack_scores(s, "max"), [0.9, 0.4])
+    np.testing.assert_allclose(membership_lib.attack_scores(s, "topk_mean", 2), [0.7, 0.35])
     with pytest.raises(ValueError, match="unknown membership score"):
-        M.attack_scores(s, "median")
+        membership_lib.attack_scores(s, "median")
 
 
 def test_no_nonmembers_is_an_error():
     with pytest.raises(ValueError, match="at least one member and one non-member"):
-        M.membership_metrics(np.ones(3), np.zeros(0))
+        membership_lib.membership_metrics(np.ones(3), np.zeros(0))

@@ -3,6 +3,7 @@ headless Chromium, resume, the remedy export and clear errors."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synleak_jax.report import writer as W
+from synleak_jax.report import writer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -39,23 +40,25 @@ def demo(tmp_path_factory):
 def test_demo_report_files_and_numbers(demo):
     out, p, secs = demo
     print(f"demo audit took {secs:.1f} s")
-    for f in ("report.json", "index.html", "pairs.csv", "filtered_synthetic.txt"):
-        if f == "filtered_synthetic.txt":
-            continue
+    for f in ("report.json", "index.html", "pairs.csv"):
         assert (out / f).exists(), f
     rep = json.loads((out / "report.json").read_text())
-    jsonschema.validate(rep, W.load_schema())
+    jsonschema.validate(rep, writer.load_schema())
     assert rep["demo"] is True and "DEMO" in (out / "index.html").read_text()
     (m,) = rep["matchers"]
     assert m["name"] == "dlib_resnet_v1" and m["metric"] == "euclidean"
     assert m["weights"]["sha256"]  # the real shipped dlib weights
     cal = m["calibration"]
     assert cal["n_impostor_pairs"] == 100 * 99 // 2  # 100 real images, each its own identity
-    thr = {t["source"] if t["source"] != "calibrated" else t["fmr"]: t for t in cal["thresholds"]}
+    assert m["unit"] == "distance" and m["more_similar"] == "lower"
+    thr = {t["source"] if t["source"] != "calibrated" else t["target_fmr"]: t for t in cal["thresholds"]}
     assert thr[0.01]["impostors_above"] <= 49 and thr[0.001]["impostors_above"] <= 4
     assert thr[0.001]["tau_native"] < thr[0.01]["tau_native"] < 1.5  # distances: stricter FMR = smaller tau
-    assert any("published 0.6" in k for k in thr if isinstance(k, str))
-    lk = {x["fmr"]: x for x in m["leakage"] if x["source"] == "calibrated"}
+    published = [t for t in cal["thresholds"] if t["source"] != "calibrated"]
+    assert len(published) == 1 and "published 0.6" in published[0]["threshold"]
+    assert published[0]["target_fmr"] is None and published[0]["tau_native"] == 0.6  # no target: only achieved
+    assert published[0]["achieved_fmr"] == published[0]["impostors_above"] / cal["n_impostor_pairs"]
+    lk = {x["target_fmr"]: x for x in m["leakage"] if x["source"] == "calibrated"}
     assert lk[0.01]["n_synthetic"] == 200 and lk[0.01]["n_real"] == 50
     # The phenomenon: the over-fitted generator leaks.
     assert lk[0.001]["synthetic_matched"] > 0 and lk[0.001]["real_images_matched"] > 0
@@ -64,14 +67,33 @@ def test_demo_report_files_and_numbers(demo):
     assert mem["available"] and len(mem["results"]) == 2
     assert mem["results"][0]["n_members"] == 50 and mem["results"][0]["n_nonmembers"] == 50
     assert mem["results"][0]["auc"] > 0.5
+    assert mem["results"][0]["member_score_mean_native"] > 0  # a distance, not a negated one
+    assert [p["tpr"] for p in mem["results"][0]["tpr_at_fpr"]] == [None, None]  # 50 non-members resolve neither
+    card = m["card"]
+    assert card["verdict"] == "leakage detected" and card["membership"]["auc_ci"][0] < mem["results"][0]["auc"]
+    assert [t["nonmembers_matched"] for t in card["thresholds"]] == [x["real_images_matched"]
+                                                                     for x in m["leakage_control"]]
     tails = m["distributions"]["real_vs_generated"]["tails"]
     assert tails[0]["real_vs_generated_pairs_above"] >= 0 and 0 <= tails[0]["real_vs_generated_tail"] <= 1
-    # pairs.csv holds every listed pair; its count equals the report's
-    lines = (out / "pairs.csv").read_text().strip().splitlines()
-    assert len(lines) - 1 == sum(x["n_pairs"] for x in m["leakage"])
+    # pairs.csv holds every listed pair, members' and the control's; its counts equal the report's
+    import csv
+    rows = list(csv.DictReader((out / "pairs.csv").open()))
+    assert len([r for r in rows if r["role"] == "members"]) == sum(x["n_pairs"] for x in m["leakage"])
+    assert len([r for r in rows if r["role"] == "nonmembers"]) == sum(x["n_pairs"] for x in m["leakage_control"])
+    assert {r["unit"] for r in rows} == {"distance"}
+    assert all(float(r["score_native"]) < float(r["tau_native"]) for r in rows)  # distances match below tau
     for pl in m["plots"].values():
         assert (out / pl).exists()
-    assert len(rep["gallery"]) == 16
+    gal = rep["gallery"]
+    assert [g["role"] for g in gal].count("members") == [g["role"] for g in gal].count("nonmembers") == 16
+    assert all(g["syn_name"].startswith("syn_") and "/" not in g["syn_name"] for g in gal)  # relative to the root
+    # the terminal summary: the card with the control counts, and the demo's non-member face-check warning
+    words = " ".join(p.stdout.split())  # the summary's long lines are wrapped for the terminal
+    assert "[dlib_resnet_v1] verdict: leakage detected" in p.stdout
+    assert re.search(r"non-members \(control\) \d+/50 = ", words)
+    warned = [role for role in ("synthetic", "members", "nonmembers")
+              if rep["datasets"][role]["face_check"]["status"] in ("warn", "fail")]
+    assert len([x for x in p.stdout.splitlines() if x.startswith("!! face check ")]) == len(warned)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (CI installs it)")
@@ -83,16 +105,32 @@ def test_html_gallery_renders_in_headless_chromium(demo, tmp_path):
     url = (out / "index.html").as_uri()
     dom = subprocess.run([CHROMIUM, *flags, "--virtual-time-budget=5000", "--dump-dom", url], capture_output=True,
                          text=True, timeout=120).stdout
-    n = json.loads((out / "report.json").read_text())["gallery"]
-    assert dom.count('class="pair"') == len(n) == 16
+    rep = json.loads((out / "report.json").read_text())
+    n = rep["gallery"]
+    assert dom.count('class="pair"') == len(n) == 32  # 16 against the members, 16 against the control
     assert f'data-pairs-rendered="{len(n)}"' in dom
     assert f'data-images-loaded="{2 * len(n)}"' in dom  # every thumbnail decoded
+    assert 'data-member-images-loaded="32"' in dom and 'data-control-images-loaded="32"' in dom  # both galleries
+    assert f'data-plots-loaded="{len(rep["matchers"][0]["plots"])}"' in dom
+    # the card, rendered at the top: one per matcher, with its verdict, test, membership and epsilon
+    assert 'data-cards-rendered="1"' in dom
+    card_at = dom.index('<section class="card detected" data-matcher="dlib_resnet_v1"')
+    assert card_at < dom.index("Data as given") < dom.index('class="gallery"')
+    card = dom[card_at:dom.index("</section>", card_at)]
+    assert "leakage detected" in card and "boschloo p =" in card and 'data-figure="membership"' in card
+    assert "n/a (needs &gt;= 100 non-members; have 50)" in card and 'data-figure="epsilon"' in card
+    assert "What the numbers cannot say" in card
+    assert "DEMO" in dom and "FACE CHECK WARN for the nonmembers images" in dom  # the demo's own check
     shot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,1600", url], capture_output=True,
                    timeout=120)
     im = np.asarray(Image.open(shot).convert("L"), np.float32)
     assert im.shape == (1600, 1200)
     assert im.std() > 10 and (im < 128).mean() > 0.01  # text and tables drawn, not a blank page
+    # the top of the page is the card: its tinted box fills much of the first screen
+    top = np.asarray(Image.open(shot).convert("RGB"), np.int16)[:1600]
+    tint = (np.abs(top - np.array([0xfd, 0xf1, 0xf0])).sum(axis=2) <= 6).mean()
+    assert tint > 0.1, tint
 
 
 def test_rerun_resumes_from_stages(demo, tmp_path):
@@ -100,7 +138,8 @@ def test_rerun_resumes_from_stages(demo, tmp_path):
     p = _audit(f"--config.output_dir={out}")
     log = p.stderr
     assert "demo data: reusing" in log
-    for stage in ("calibration", "neighbours", "real_vs_generated"):
+    for stage in ("calibration", "real_vs_synthetic", "nonmembers_x_synthetic", "synthetic_dlib150",
+                  "members_dlib150", "nonmembers_dlib150"):  # analyses and face checks
         assert f"stage {stage}: reusing" in log
     assert "0 of its" in log or "chunks_computed': []" in log  # embedding stores reused
 
@@ -113,8 +152,8 @@ def test_emit_filtered_list_and_export(demo, tmp_path):
            "--config.remedy.fmr=0.001", f"--config.stores_dir={out}/stores")
     rep = json.loads((out2 / "report.json").read_text())
     rem = rep["remedy"]
-    lk = [x for x in rep["matchers"][0]["leakage"] if x["fmr"] == 0.001 and x["source"] == "calibrated"][0]
-    kept = (out2 / "filtered_synthetic.txt").read_text().split()
+    lk = [x for x in rep["matchers"][0]["leakage"] if x["target_fmr"] == 0.001][0]
+    kept = [json.loads(line) for line in (out2 / "filtered_synthetic.jsonl").read_text().splitlines()]
     assert rem["removed"] == lk["synthetic_matched"] > 0 and rem["kept"] == len(kept) == 200 - rem["removed"]
     assert sorted(os.listdir(out2 / "filtered_synthetic")) == sorted(os.path.basename(k) for k in kept)
 
@@ -122,7 +161,7 @@ def test_emit_filtered_list_and_export(demo, tmp_path):
 def test_clear_errors(tmp_path):
     p = _audit("--config.demo.enabled=False", "--config.matchers=dlib_resnet_v1",
                f"--config.data.synthetic.path={tmp_path / 'missing'}", f"--config.output_dir={tmp_path}", check=False)
-    assert p.returncode != 0 and "--config.data.synthetic.path" in p.stderr and "does not exist" in p.stderr
+    assert p.returncode != 0 and "--config.data.synthetic.path" in p.stderr and "no such directory" in p.stderr
     p = _audit("--config.demo.enabled=False", "--config.matchers=adaface_ir101",
                f"--config.data.synthetic.path={tmp_path}", f"--config.data.members.path={tmp_path}",
                f"--config.output_dir={tmp_path}", check=False)
@@ -150,8 +189,8 @@ def test_planted_image_copies_found_at_fmr_1e3_with_identity_relation(tmp_path):
     (copy, original) pair must be listed at FMR 1e-3; the identity relation must see same-label pairs closer."""
     import skimage.data
 
-    from synleak_jax.attack.config import base_config
-    from synleak_jax.attack.run import run_audit
+    from synleak_jax.config import base_config
+    from synleak_jax.audit import run_audit
 
     lfw = np.round(np.asarray(skimage.data.lfw_subset()) * 255).astype(np.uint8)
     faces, nonfaces = lfw[:100], lfw[100:]
@@ -184,22 +223,23 @@ def test_planted_image_copies_found_at_fmr_1e3_with_identity_relation(tmp_path):
     cfg.remedy.fmr = 1e-3
     cfg.remedy.export = "recordio"
     rep = run_audit(cfg)
-    W.validate(rep)
+    writer.validate(rep)
     (m,) = rep["matchers"]
     assert m["calibration"]["n_impostor_pairs"] == 4950 - 20 * 10 and m["calibration"]["n_genuine_pairs"] == 200
     assert not m["membership"]["available"] and "non-members" in m["membership"]["reason"]
     # every planted pair is in pairs.csv at FMR 1e-3
     import csv
-    rows = [r for r in csv.DictReader(open(tmp_path / "out" / "pairs.csv")) if r["threshold"] == "FMR 0.001"]
+    rows = [r for r in csv.DictReader(open(tmp_path / "out" / "pairs.csv"))
+            if r["threshold"] == "FMR 0.001" and r["role"] == "members"]
     found = {(os.path.basename(r["syn_id"]), os.path.basename(r["real_id"])) for r in rows}
     for j, i in enumerate(planted):
         assert (f"copy{j:02d}.png", f"{i:03d}.png") in found, (j, i, kinds[j % 3])
-    lk = [x for x in m["leakage"] if x["fmr"] == 0.001 and x["source"] == "calibrated"][0]
+    lk = [x for x in m["leakage"] if x["target_fmr"] == 0.001][0]
     assert lk["synthetic_matched"] >= 12 and lk["real_identities_matched"] >= 1
     assert lk["per_synthetic_class_top"] and lk["per_real_identity_top"]
     rel = m["identity_relation"]
     assert rel is not None and rel["n_genuine_pairs"] > 0
-    assert rel["genuine_mean"] < rel["impostor_mean"]  # distances: same label closer
+    assert rel["genuine_mean_native"] < rel["impostor_mean_native"]  # distances: same label closer
     assert 0 <= rel["rank1_identification"]["rank1"] <= 1
     # remedy as RecordIO: exactly the kept images, none of the planted copies
     from synleak_jax.data.recordio import RecordIOSource
@@ -207,7 +247,7 @@ def test_planted_image_copies_found_at_fmr_1e3_with_identity_relation(tmp_path):
     assert rem["removed"] == lk["synthetic_matched"] and rem["kept"] + rem["removed"] == 32
     rec = RecordIOSource(str(tmp_path / "out" / "filtered_synthetic" / "train"))
     assert len(rec) == rem["kept"]
-    kept = (tmp_path / "out" / "filtered_synthetic.txt").read_text().split()
+    kept = [json.loads(line) for line in (tmp_path / "out" / "filtered_synthetic.jsonl").read_text().splitlines()]
     assert not any("copy" in os.path.basename(k) for k in kept)
 
 
@@ -219,8 +259,8 @@ def test_two_matchers_agreement(tmp_path):
     import jax.numpy as jnp
     import skimage.data
 
-    from synleak_jax.attack.config import base_config
-    from synleak_jax.attack.run import run_audit
+    from synleak_jax.config import base_config
+    from synleak_jax.audit import run_audit
     from synleak_jax.models import registry
     from synleak_jax.weights import save_variables
 
@@ -248,7 +288,7 @@ def test_two_matchers_agreement(tmp_path):
     cfg.embed.batch_size = 32
     cfg.report.gallery_n = 3
     rep = run_audit(cfg)
-    W.validate(rep)
+    writer.validate(rep)
     assert [m["name"] for m in rep["matchers"]] == ["dlib_resnet_v1", "mobilefacenet"]
     assert rep["matchers"][1]["metric"] == "cosine"
     ag = rep["agreement"]
@@ -261,6 +301,8 @@ def test_two_matchers_agreement(tmp_path):
     # dlib finds the 10 exact copies
     assert lk["dlib_resnet_v1"]["synthetic_matched"] >= 10
     assert len(rep["gallery"]) == 6 and (tmp_path / "out" / "plots" / "mobilefacenet_scores.png").exists()
+    assert rep["summary_lines"][0].startswith("2 matchers: dlib_resnet_v1: ")
+    assert [m["unit"] for m in rep["matchers"]] == ["distance", "cosine"]
 
 
 def test_calibration_from_verification_bin(tmp_path):
@@ -270,8 +312,8 @@ def test_calibration_from_verification_bin(tmp_path):
 
     import skimage.data
 
-    from synleak_jax.attack.config import base_config
-    from synleak_jax.attack.run import run_audit
+    from synleak_jax.config import base_config
+    from synleak_jax.audit import run_audit
     from synleak_jax.data.verification import write_bin
     from synleak_jax.embed.store import EmbeddingStore
 
@@ -332,10 +374,10 @@ PRESETS = ["demo", "dcface_vs_casia", "idiff_uniform_vs_ffhq", "idiff_twostage_v
 def test_presets_load_and_are_consistent(name):
     import importlib.util
 
-    from synleak_jax.attack.run import DATA_KINDS
+    from synleak_jax.config import DATA_KINDS
     from synleak_jax.models import registry
 
-    root = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
+    from synleak_jax.configs import PRESET_DIR as root  # the presets moved into the package
     spec = importlib.util.spec_from_file_location(f"preset_{name}", os.path.join(root, f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -359,8 +401,9 @@ def test_label_from_folder_names(tmp_path):
     maps every image to the integer in its folder name."""
     import types
 
-    from synleak_jax.attack.config import base_config
-    from synleak_jax.attack.run import AuditError, _labels_or_none, open_dataset
+    from synleak_jax.audit import AuditError, _labels
+    from synleak_jax.config import base_config
+    from synleak_jax.embed import door
 
     img = np.zeros((8, 8), np.uint8)
     for name in ("0", "1", "10", "2"):
@@ -369,14 +412,13 @@ def test_label_from_folder_names(tmp_path):
     cfg = base_config()
     cfg.data.synthetic.path = str(tmp_path / "syn")
     cfg.data.synthetic.label_from = "name"
-    ds = open_dataset("synthetic", cfg.data.synthetic)
+    ds = door.open_data(cfg.data.synthetic, "--config.data.synthetic")
     src_labels = ds.source.labels()
-    store = types.SimpleNamespace(labels=src_labels)
-    got = _labels_or_none(store, ds)
+    got = _labels(types.SimpleNamespace(labels=src_labels), ds)
     want = [int(ds.source.class_names[c]) for c in src_labels]
     np.testing.assert_array_equal(got, want)
     assert sorted(set(got.tolist())) == [0, 1, 2, 10]
     _write_png(str(tmp_path / "syn" / "x" / "0.png"), img)
-    ds = open_dataset("synthetic", cfg.data.synthetic)
+    ds = door.open_data(cfg.data.synthetic, "--config.data.synthetic")
     with pytest.raises(AuditError, match="class folder 'x' is not an integer id"):
-        _labels_or_none(types.SimpleNamespace(labels=ds.source.labels()), ds)
+        _labels(types.SimpleNamespace(labels=ds.source.labels()), ds)

@@ -33,7 +33,7 @@ def _env(devices: int) -> dict:
 
 
 def _args(data, out, *extra, batch=8, chunk_batches=1):
-    return [sys.executable, "-m", "synleak_jax.cli.embed", f"--config={REPO}/configs/embed.py",
+    return [sys.executable, "-m", "synleak_jax.cli.embed", f"--config={REPO}/synleak_jax/configs/embed.py",
             "--config.imports=tests.embed.tiny_model", "--config.model=tiny_test_net",
             "--config.random_init=True", "--config.seed=3", f"--config.data.path={data}",
             f"--config.output={out}", f"--config.batch_size={batch}", f"--config.chunk_batches={chunk_batches}",

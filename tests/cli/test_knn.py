@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from absl import app
 
-from synleak_jax.cli.knn import default_config, run_knn
+from synleak_jax.cli.knn import run_knn
+from synleak_jax.config import knn_config as default_config
 from tests.search.helpers import assert_topk_matches
 
 ROOT = Path(__file__).resolve().parents[2]

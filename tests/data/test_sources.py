@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synleak_jax.data import decode, rejects, sources
+from synleak_jax.data import decode, kinds, rejects, sources
 from tests.data import fixtures
 
 
@@ -188,7 +188,38 @@ def test_file_replaced_by_symlink_after_listing(tmp_path, rng):
 
 def test_open_source_guesses(tmp_path, rng):
     fixtures.make_identity_folder(str(tmp_path / "ids"), rng, 2, 2)
-    assert isinstance(sources.open_source(str(tmp_path / "ids")), sources.ImageFolderSource)
-    assert isinstance(sources.open_source("flat:" + str(tmp_path / "ids")), sources.FlatFolderSource)
+    assert isinstance(kinds.open_source(str(tmp_path / "ids")), sources.ImageFolderSource)
+    assert isinstance(kinds.open_source("flat:" + str(tmp_path / "ids")), sources.FlatFolderSource)
     with pytest.raises(rejects.DataError, match="missing_dir"):
-        sources.open_source(str(tmp_path / "missing_dir"))
+        kinds.open_source(str(tmp_path / "missing_dir"))
+
+
+def _old_fingerprint(kind, src):
+    """The former encoding (entries joined with unescaped tabs and newlines), as a reference for the collision."""
+    import hashlib
+    h = hashlib.sha256(kind.encode())
+    for i in range(len(src)):
+        h.update(f"{src.relpath(i)}\t{src._sizes[i]}\t{src.label(i)}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def test_fingerprint_is_unambiguous_for_names_with_tabs_and_newlines(tmp_path, rng):
+    """Flat folder B holds a.jpg and b.jpg; flat folder A holds ONE file named 'a.jpg<TAB>S1<TAB>-1<LF>b.jpg' with
+    b.jpg's bytes. Joined with unescaped separators both listings encode to the same text (the old scheme
+    collides, checked); the length-prefixed encoding tells them apart."""
+    a_bytes = fixtures.encode(fixtures.random_rgb(rng, 8, 8), "PNG")
+    b_bytes = fixtures.encode(fixtures.random_rgb(rng, 9, 9), "PNG")
+    fixtures.write(str(tmp_path / "B" / "a.jpg"), a_bytes)
+    fixtures.write(str(tmp_path / "B" / "b.jpg"), b_bytes)
+    fixtures.write(str(tmp_path / "A" / f"a.jpg\t{len(a_bytes)}\t-1\nb.jpg"), b_bytes)
+    src_a = sources.FlatFolderSource(str(tmp_path / "A"))
+    src_b = sources.FlatFolderSource(str(tmp_path / "B"))
+    assert len(src_a) == 1 and len(src_b) == 2
+    assert _old_fingerprint("flat_folder", src_a) == _old_fingerprint("flat_folder", src_b)
+    assert src_a.fingerprint() != src_b.fingerprint()
+    # Stable for the same listing, sensitive to a rename, a size change and a label change.
+    assert sources.FlatFolderSource(str(tmp_path / "B")).fingerprint() == src_b.fingerprint()
+    fp = sources.listing_fingerprint
+    assert fp("k", ["x"], [1], [0]) != fp("k", ["y"], [1], [0]) != fp("k", ["y"], [2], [0]) != fp("k", ["y"], [2], [1])
+    assert fp("k", ["ab", "c"], [1, 1], [0, 0]) != fp("k", ["a", "bc"], [1, 1], [0, 0])
+    assert fp("image_folder", [], [], []) != fp("flat_folder", [], [], [])

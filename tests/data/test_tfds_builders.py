@@ -8,7 +8,7 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from synleak_jax.data import pipeline, recordio, rejects, sources, tfds_builders  # noqa: E402
+from synleak_jax.data import kinds, pipeline, recordio, rejects, sources, tfds_builders  # noqa: E402
 from synleak_jax.models.registry import InputSpec  # noqa: E402
 from tests.data import fixtures  # noqa: E402
 
@@ -65,8 +65,8 @@ def test_casia_from_recordio(tmp_path, rng):
     assert [back[i] for i in range(len(back))] == imgs
     assert back.labels().tolist() == labels and back.num_classes == 4
     assert back.file_name(2) == "train.rec:3"
-    via_open = sources.open_source("tfds:casia_webface", data_dir=data_dir)
-    by_dir = sources.open_source("tfds:" + back.builder_dir)
+    via_open = kinds.open_source("tfds:casia_webface", data_dir=data_dir)
+    by_dir = kinds.open_source("tfds:" + back.builder_dir)
     assert via_open[6] == by_dir[6] == imgs[6] and by_dir.fingerprint() == back.fingerprint()
 
 
@@ -80,3 +80,71 @@ def test_errors_name_things(tmp_path):
     assert sorted(tfds_builders.BUILDERS) == sorted([
         "casia_webface", "ffhq", "dcface", "idiff_face_uniform", "idiff_face_two_stage", "sface", "idnet",
         "gandiffface"])
+
+
+def test_any_file_name_survives_prepare(tmp_path, rng):
+    """Non-UTF-8, newline and tab names: prepare does not crash on the text feature, the name read back is the
+    exact OS string, and describe() stays one UTF-8 line."""
+    manual = os.fsencode(str(tmp_path / "manual"))
+    names = [b"id_\xe9/a\xff.jpg", b"id_\xe9/new\nline.jpg", b"id_b/tab\tx.jpg"]
+    data = {}
+    for n in names:
+        os.makedirs(os.path.dirname(os.path.join(manual, n)), exist_ok=True)
+        data[n] = fixtures.encode(fixtures.random_rgb(rng, 8, 8), "JPEG")
+        with open(os.path.join(manual, n), "wb") as f:
+            f.write(data[n])
+    data_dir = str(tmp_path / "tfds")
+    tfds_builders.prepare("idnet", os.fsdecode(manual), data_dir)
+    back = tfds_builders.TfdsSource("idnet", data_dir=data_dir)
+    got = {os.fsencode(back.file_name(i)): back[i] for i in range(len(back))}
+    assert got == data
+    assert sorted(os.fsencode(c) for c in back.class_names) == [b"id_b", b"id_\xe9"]
+    for i in range(len(back)):
+        back.describe(i).encode("utf-8")
+        assert "\n" not in back.describe(i)
+
+
+def test_dcface_builder_reads_the_released_recordio(tmp_path, rng):
+    """manual_dir/record/file.rec + list.txt (DCFace's release) is prepared with list.txt identities and keeps the
+    release, so channel_order=auto resolves the same way on the prepared copy."""
+    rec_dir = tmp_path / "manual" / "record"
+    imgs = [fixtures.encode(fixtures.random_rgb(rng, 8, 8), "JPEG") for _ in range(4)]
+    recordio.write_recordio(str(rec_dir / "file"), zip(imgs, [0] * 4), layout="keys", write_property=False)
+    (rec_dir / "list.txt").write_text("".join(f"{k}\t{k % 2}/{k}.jpg\n" for k in range(4)))
+    data_dir = str(tmp_path / "tfds")
+    tfds_builders.prepare("dcface", str(tmp_path / "manual"), data_dir)
+    back = tfds_builders.TfdsSource("dcface", data_dir=data_dir)
+    assert [back[i] for i in range(4)] == imgs and back.labels().tolist() == [0, 1, 0, 1]
+    assert back.class_names == ["0", "1"] and back.file_name(3) == "1/3.jpg"
+    assert back.release == "dcface_recordio"
+
+
+def test_corrupt_prepared_records_are_rejects_not_crashes(tmp_path, rng):
+    """Bytes flipped inside the prepared array_record file: array_record raises (RuntimeError) for the records it
+    cannot read; each becomes the reject BAD_RECORD naming the prepared directory, and the pipeline runs on."""
+    import glob
+    manual = str(tmp_path / "manual")
+    fixtures.make_identity_folder(manual, rng, num_ids=2, per_id=3)
+    data_dir = str(tmp_path / "tfds")
+    tfds_builders.prepare("idnet", manual, data_dir)
+    (path,) = glob.glob(os.path.join(data_dir, "idnet", "*", "*.array_record*"))
+    raw = bytearray(open(path, "rb").read())
+    for pos in range(200, len(raw) - 200, 97):
+        raw[pos] ^= 0xFF
+    with open(path, "wb") as f:
+        f.write(bytes(raw))
+    back = tfds_builders.TfdsSource("idnet", data_dir=data_dir)
+    codes = []
+    for i in range(len(back)):
+        try:
+            back.read_record(i)
+            codes.append(0)
+        except rejects.RecordError as e:
+            codes.append(e.code)
+            assert "idnet" in str(e) and back.builder_dir in str(e)
+    assert rejects.BAD_RECORD in codes and set(codes) <= {0, rejects.BAD_RECORD}
+    assert back.labels().shape == (len(back),)  # -1 where unreadable, no exception
+    back.describe(0).encode("utf-8")
+    spec = InputSpec(12, 10, "RGB", (0.0,) * 3, (1.0,) * 3, 4, "cosine", "arcface112")
+    got = np.concatenate([b["reject_code"] for b in pipeline.make_pipeline(back, spec, 4, read_threads=0)])
+    assert all(got[i] == rejects.BAD_RECORD for i, c in enumerate(codes) if c)  # the rest may decode or not

@@ -126,6 +126,7 @@ def _ynn_fusion_ranks(name: str) -> tuple[int, int]:
     return hlo.count("convolution("), sum(out.count(",") == 3 for out in ynn_outputs)
 
 
+@pytest.mark.slow  # ~18 s (compiles three backbones to read their HLO); a speed guard, not a correctness test
 def test_cpu_step_compiles_convolutions_outside_ynnpack():
     """On CPU the engine compiles with ``cpu_compiler_options()``: no convolution is left to YNNPACK, except
     for a model that opts out (MobileFaceNet, whose depthwise convolutions YNNPACK runs faster)."""

@@ -1,4 +1,4 @@
-"""Worker for the 2-process sharded search test (launched by test_sharded.py; not collected by pytest).
+"""Worker for the 2-process mesh search test (launched by test_mesh.py; not collected by pytest).
 
 argv: port process_id num_local_devices seed out_path
 """
@@ -15,7 +15,7 @@ def main():
     import numpy as np
 
     jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid)
-    from synleak_jax.search.sharded import make_search_mesh, sharded_exact_topk
+    from synleak_jax.search import exact_topk
 
     rng = np.random.default_rng(seed)
     q = rng.standard_normal((45, 24)).astype(np.float32)
@@ -23,14 +23,10 @@ def main():
     db /= np.linalg.norm(db, axis=1, keepdims=True)
     db[300:330] = db[5]  # exact ties spanning devices
     q[:3] = db[5]
-    n = len(jax.devices())
     results = {}
-    meshes = [("db", make_search_mesh(), None)]
-    if n % 2 == 0:
-        meshes.append(("qdb", make_search_mesh(num_db=n // 2, num_q=2), "q"))
-    for name, mesh, qa in meshes:
-        s, i = sharded_exact_topk(q, db, 11, mesh=mesh, query_axis=qa, query_block=16, db_block=128,
-                                  db_chunk_rows=256)
+    for name, kw in (("f32", dict(precision="float32")), ("f32_stream", dict(precision="float32", db_chunk_rows=256)),
+                     ("bf16", dict(precision="bf16_certified"))):
+        s, i = exact_topk(q, db, 11, query_block=16, db_block=128, query_chunk_rows=16, **kw)  # every device
         results[f"{name}_s"], results[f"{name}_i"] = s, i
     np.savez(out, **results)
     jax.distributed.shutdown()

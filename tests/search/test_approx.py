@@ -54,3 +54,42 @@ def test_scann_if_installed(data):
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i, ti)])
     assert recall > 0.9  # all leaves searched + large reorder: near exact
     np.testing.assert_allclose(s, np.take_along_axis(brute_scores(q, db), i, 1), atol=1e-4)
+
+
+def test_one_ivf_build_swept_over_nprobe(data):
+    q, db = data
+    _, ti = exact_topk(q, db, 10)
+    index = approx.faiss_ivf_index(db, nlist=32)
+    recalls = []
+    for nprobe in (1, 4, 32):
+        index.nprobe = nprobe
+        s, i = index.search(q, 10)
+        recalls.append(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i, ti)]))
+    assert recalls[0] < 1.0 and recalls[-1] == 1.0 and recalls == sorted(recalls)  # all lists visited: exact
+    assert approx.ivf_train_size(200_000, 4096) == 200_000 and approx.ivf_train_size(10**6, 256) == 65536
+    with pytest.raises(ValueError, match="nlist"):
+        approx.faiss_ivf_index(db, nlist=5000)
+
+
+def test_one_hnsw_build_swept_over_ef_search(data):
+    q, db = data
+    _, ti = exact_topk(q, db, 10)
+    index = approx.faiss_hnsw_index(db, m=8)
+    recalls = []
+    for ef in (10, 400):
+        index.hnsw.efSearch = ef
+        _, i = index.search(q, 10)
+        recalls.append(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i, ti)]))
+    assert recalls[0] < recalls[1] and recalls[1] > 0.97
+
+
+def test_scann_search_time_parameters(data):
+    pytest.importorskip("scann")
+    q, db = data
+    _, ti = exact_topk(q, db, 10)
+    searcher = approx.scann_index(db, 10, num_leaves=30, num_leaves_to_search=1, reorder=10)
+    recalls = []
+    for leaves, reorder in ((1, 10), (30, 300)):
+        i, s = searcher.search_batched(q, leaves_to_search=leaves, pre_reorder_num_neighbors=reorder)
+        recalls.append(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(np.asarray(i), ti)]))
+    assert recalls[0] < 0.9 and recalls[1] > 0.95

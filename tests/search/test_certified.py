@@ -43,7 +43,7 @@ def _near_tie(rng, nq, ndb, d, cluster):
 
 def test_near_ties_equal_float32_with_fallback(rng):
     q, db = _near_tie(rng, 24, 3000, 64, cluster=400)  # ~34 per block > k + margin
-    s32, i32 = exact_topk(q, db, 10, query_block=8, db_block=256)
+    s32, i32 = exact_topk(q, db, 10, query_block=8, db_block=256, precision="float32")
     s, i, stats = exact_topk(q, db, 10, query_block=8, db_block=256, precision="bf16_certified", margin=20,
                              return_stats=True)
     assert_topk_matches(s, i, q, db, 10)
@@ -57,7 +57,7 @@ def test_random_equal_float32_and_mostly_certified(rng):
     db = rng.standard_normal((4000, 32)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     db /= np.linalg.norm(db, axis=1, keepdims=True)
-    s32, i32 = exact_topk(q, db, 5, query_block=16, db_block=512)
+    s32, i32 = exact_topk(q, db, 5, query_block=16, db_block=512, precision="float32")
     s, i, stats = exact_topk(q, db, 5, query_block=16, db_block=512, precision="bf16_certified", margin=16,
                              return_stats=True)
     assert_topk_matches(s, i, q, db, 5)
@@ -82,7 +82,7 @@ def test_mixed_queries_sliceable_inputs_and_errors(rng):
                 raise TypeError("slices only")
             return self.a[sl]
 
-    s32, i32 = exact_topk(q, db, 8, query_block=8, db_block=256)
+    s32, i32 = exact_topk(q, db, 8, query_block=8, db_block=256, precision="float32")
     s, i, stats = exact_topk(Sliceable(q), Sliceable(db), 8, query_block=8, db_block=256,
                              precision="bf16_certified", margin=12, return_stats=True)
     assert_topk_matches(s, i, q, db, 8)
@@ -103,7 +103,7 @@ def test_grouped_screen_near_ties_partial_groups_equal_float32(rng):
     q_tie, db = _near_tie(rng, 10, 3001, 48, cluster=500)
     q_rand = rng.standard_normal((13, 48)).astype(np.float32)
     q = np.concatenate([q_tie, q_rand])
-    s32, i32 = exact_topk(q, db, 7, query_block=8, db_block=256)
+    s32, i32 = exact_topk(q, db, 7, query_block=8, db_block=256, precision="float32")
     s, i, stats = exact_topk(q, db, 7, query_block=32, db_block=512, precision="bf16_certified",
                              screen="groups", group=16, margin=6, return_stats=True)
     assert_topk_matches(s, i, q, db, 7)
@@ -137,7 +137,7 @@ def test_grouped_screen_small_database_all_groups_and_exact_ties(rng):
     assert_topk_matches(s, i, q, db, 37)
     assert list(i[0, :3]) == [3, 20, 30]
     assert stats.fallback_queries == 0
-    s32, i32 = exact_topk(q, db, 37)
+    s32, i32 = exact_topk(q, db, 37, precision="float32")
     np.testing.assert_array_equal(np.sort(i, axis=1), np.sort(i32, axis=1))
 
 
@@ -160,15 +160,21 @@ def test_screens_agree_and_bad_arguments(rng):
         exact_topk(q, bad, 3, precision="bf16_certified")
 
 
-def test_auto_precision_is_exact(rng):
-    from synleak_jax.search.exact import auto_precision
+def test_auto_precision_is_exact(rng, monkeypatch):
+    from synleak_jax.search import exact as exact_mod
+    from synleak_jax.search.exact import fastest_exact_precision
 
     q = rng.standard_normal((6, 32)).astype(np.float32)
     db = rng.standard_normal((900, 32)).astype(np.float32)
     s, i, stats = exact_topk(q, db, 5, precision="auto", return_stats=True)
-    assert auto_precision() == "bf16_certified"  # tests run on CPU
+    # CPU: bf16_certified only where bf16 runs in hardware (AMX-BF16 / AVX512-BF16), float32 elsewhere
+    want = "bf16_certified" if exact_mod._cpu_has_fast_bf16() else "float32"
+    assert fastest_exact_precision() == want == stats.precision
+    assert fastest_exact_precision("gpu") == "bf16_certified"
     assert_topk_matches(s, i, q, db, 5)
     assert stats.queries == 6
+    monkeypatch.setenv("SYNLEAK_EXACT_PRECISION", "bf16_certified")
+    assert fastest_exact_precision() == "bf16_certified"
 
 
 def test_grouped_screen_aligned_database_with_nan_names_the_row(rng):
@@ -186,14 +192,18 @@ def test_grouped_screen_aligned_database_with_nan_names_the_row(rng):
 
 
 def test_grouped_screen_several_merges_repeated_tile_and_tiny_database(rng, monkeypatch):
-    """Small MERGE_GROUPS forces several running top-k merges whose last super-chunk repeats a clamped tile
+    """4 tiles per super-tile force several running top-k merges whose last super-tile repeats a clamped tile
     (masked), plus a tail tile; a database smaller than one group is padded for the rescoring gather."""
-    from synleak_jax.search import certified
+    import dataclasses
 
-    monkeypatch.setattr(certified, "MERGE_GROUPS", 64)  # 4 tiles of 256 rows per merge; 3001 rows = 11 + tail
+    from synleak_jax.search import engine, exact as exact_mod
+
+    monkeypatch.setattr(exact_mod, "default_blocks",
+                        lambda *a, **kw: dataclasses.replace(engine.default_blocks(*a, **kw), ct=4))
+    # 4 tiles of 256 rows per merge; 3001 rows = 11 full tiles (3 super-tiles, the last one clamped) + tail
     q, db = _near_tie(rng, 6, 3001, 24, cluster=200)
     q = np.concatenate([q, rng.standard_normal((10, 24)).astype(np.float32)])
-    s32, i32 = exact_topk(q, db, 6, query_block=16, db_block=256)
+    s32, i32 = exact_topk(q, db, 6, query_block=16, db_block=256, precision="float32")
     s, i, stats = exact_topk(q, db, 6, query_block=16, db_block=256, precision="bf16_certified", margin=10,
                              return_stats=True)
     assert_topk_matches(s, i, q, db, 6)

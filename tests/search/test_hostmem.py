@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from synleak_jax.search.exact import Source
+from synleak_jax.search.engine import Source
 from synleak_jax.search.hostmem import aligned_empty, is_aligned, limit_malloc_retention, load_npy_aligned
 
 
@@ -39,24 +39,30 @@ def test_load_npy_aligned_refuses_bad_files(tmp_path):
         load_npy_aligned(tmp_path / "n.npy")
 
 
-def test_device_array_aliases_aligned_and_copies_others_once(rng):
+def test_aligned_inputs_used_in_place_others_copied_once(rng):
+    import jax
+
+    from synleak_jax.search.certified import replicate
+    from synleak_jax.search.engine import make_mesh
+
     x = aligned_empty((200, 48))
     x[:] = rng.standard_normal(x.shape)
     assert jax.device_put(x).unsafe_buffer_pointer() == x.ctypes.data
-    dev = Source(x, "database").device_array()
-    assert dev.unsafe_buffer_pointer() == x.ctypes.data  # aliased
+    assert Source(x, "database").aligned_host() is x
+    one = make_mesh(jax.devices()[:1])
+    assert replicate(one, x).addressable_shards[0].data.unsafe_buffer_pointer() == x.ctypes.data  # aliased
     raw = np.empty(200 * 48 + 1, np.float32)[1:].reshape(200, 48)  # 4 bytes off: never 64-byte aligned
     raw[:] = x
     assert not is_aligned(raw)
-    dev = Source(raw, "database").device_array(chunk_rows=64)
-    assert dev.unsafe_buffer_pointer() != raw.ctypes.data
-    np.testing.assert_array_equal(np.asarray(dev), x)
-    half = Source(x.astype(np.float16), "database").device_array()
+    host = Source(raw, "database").aligned_host(chunk_rows=64)
+    assert host is not raw and is_aligned(host)
+    np.testing.assert_array_equal(host, x)
+    half = Source(x.astype(np.float16), "database").aligned_host()
     assert half.dtype == np.float32
-    np.testing.assert_array_equal(np.asarray(half), x.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(half, x.astype(np.float16).astype(np.float32))
     raw[77, 3] = np.inf
     with pytest.raises(ValueError, match="database row 77 contains NaN or inf"):
-        Source(raw, "database").device_array(chunk_rows=64)
+        Source(raw, "database").aligned_host(chunk_rows=64)
 
 
 def test_limit_malloc_retention_applies_on_glibc():

@@ -4,6 +4,7 @@ The real file ships in the face_recognition_models package (a project dependency
 to tmp_path; the package file is never modified.
 """
 
+import os
 import re
 
 import numpy as np
@@ -217,3 +218,35 @@ def test_random_corruption_never_escapes_as_another_exception(dat_bytes, rng):
             assert re.search(r"fuzz\.dat: byte \d+: ", str(e)), str(e)
             hit["error"] += 1
     assert hit["error"] > 20, hit  # most structural changes are detected
+
+
+def _encode_int(value: int) -> bytes:
+    magnitude = abs(value).to_bytes(max(1, (abs(value).bit_length() + 7) // 8), "little")
+    return bytes([len(magnitude) | (0x80 if value < 0 else 0)]) + magnitude
+
+
+@pytest.mark.parametrize("dims", [(65536,) * 4, (3_000_000,) * 4, (1 << 21, 1 << 21, 1 << 21, 1 << 1)])
+def test_dims_whose_int64_product_wraps_are_refused(tmp_path, dat_bytes, dims):
+    """Issue #13: each dim is below the file size, but the int64 product wraps (65536**4 == 0 in int64):
+    the old reader read 0 floats and crashed in reshape with a raw ValueError."""
+    assert int(np.prod(np.array(dims, np.int64))) != int(np.prod([int(d) for d in dims], dtype=object))
+    start = dat_bytes.find(b"\x01\x05con_4")
+    off = _field_offset(dat_bytes, start, 0, 0)  # the stem params tensor: version, then n, k, nr, nc
+    r = cd._Reader(dat_bytes, "x")
+    r.pos = off
+    r.int("version")
+    dims_at = r.pos
+    for _ in range(4):
+        r.int("dim")
+    data = dat_bytes[:dims_at] + b"".join(_encode_int(d) for d in dims) + dat_bytes[r.pos:]
+    path = _write(tmp_path, data, "wrapped.dat")
+    with pytest.raises(cd.DlibFormatError, match=r"wrapped\.dat: byte \d+: .*implausible dimensions") as e:
+        cd.read_dlib_dat(path)
+    assert _offset(str(e.value)) == dims_at
+
+
+def test_fifo_is_refused_without_opening(tmp_path):
+    fifo = tmp_path / "net.dat"
+    os.mkfifo(fifo)
+    with pytest.raises(cd.DlibFormatError, match=r"net\.dat: a FIFO"):
+        cd.read_dlib_dat(fifo)

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -165,3 +166,54 @@ def test_adaface_lightning_checkpoint_drops_training_head(tmp_path, rng):
     torch.save({"state_dict": {**{f"model.{k}": v for k, v in sd.items()}, "optimizer_m": torch.zeros(3)}}, bad)
     with pytest.raises(WeightMappingError):
         load_weights(bad, "adaface_ir18")
+
+
+def test_stripped_lightning_checkpoint_loads(tmp_path, rng):
+    """Issue #13: {'state_dict': {...}} and nothing else (a Lightning .ckpt stripped to its weights) is a
+    wrapper; it used to be flattened to 'state_dict.model.*' and fail with a missing key."""
+    net = randomize_(make_reference("adaface_ir18"), rng)
+    sd = net.state_dict()
+    plain = tmp_path / "plain.pt"
+    torch.save(sd, plain)
+    want, _ = load_weights(plain)
+    for key in ("state_dict", "model_state_dict"):
+        stripped = tmp_path / f"{key}.ckpt"
+        torch.save({key: {**{f"model.{k}": v for k, v in sd.items()}, "head.kernel": torch.randn(512, 7)}}, stripped)
+        got, info = load_weights(stripped)
+        assert info.model_name == "adaface_ir18", key
+        _assert_tree_equal(got, want)
+
+
+def test_orbax_directory_whose_model_name_does_not_fit_is_refused(torch_files, tmp_path):
+    variables, info = load_weights(torch_files["zip"])  # iresnet18
+    meta = loader.conversion_metadata(info)
+    for other in ("iresnet34", "mobilefacenet"):
+        out = save_variables(tmp_path / other, variables, {**meta, "model_name": other})
+        with pytest.raises(orbax_io.CheckpointError,
+                           match=rf"{other}: its metadata says model_name '{other}' but its variables do not fit"):
+            load_weights(out)
+    # Without recorded shapes the restored arrays are checked instead; an unknown recorded name is named.
+    out = save_variables(tmp_path / "noshapes", variables, {**meta, "model_name": "iresnet34"})
+    recorded = json.loads((out / orbax_io.METADATA_FILE).read_text())
+    del recorded["variables"]
+    (out / orbax_io.METADATA_FILE).write_text(json.dumps(recorded))
+    with pytest.raises(orbax_io.CheckpointError, match="do not fit"):
+        load_weights(out)
+    recorded["model_name"] = "resnet9000"
+    (out / orbax_io.METADATA_FILE).write_text(json.dumps(recorded))
+    with pytest.raises(orbax_io.CheckpointError, match="'resnet9000', which is not a known model"):
+        load_weights(out)
+    # Control: the matching name loads.
+    good = save_variables(tmp_path / "good", variables, meta)
+    _assert_tree_equal(load_weights(good)[0], variables)
+
+
+def test_non_regular_weights_paths_are_named(tmp_path):
+    fifo = tmp_path / "pipe.pth"
+    os.mkfifo(fifo)
+    cases = {fifo: "a FIFO \\(named pipe\\), not a regular weights file",
+             "/dev/zero": "a character device, not a regular weights file",
+             tmp_path: "a directory, but not a converted-weights directory"}
+    for path, message in cases.items():
+        with pytest.raises(loader.WeightsFormatError, match=message):
+            load_weights(path)  # the FIFO would block forever in open()

@@ -1,5 +1,7 @@
 """ONNX importer (synleak_jax/weights/onnx_import.py) against onnxruntime on torch-exported graphs."""
 
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -8,6 +10,7 @@ import torch
 from synleak_jax.models import get_spec
 from synleak_jax.weights.onnx_import import OnnxImportError, import_onnx, load_onnx, onnx_model_name
 from tests.models import torch_refs_arcface as refs
+from tests.weights import hostile
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -172,3 +175,144 @@ def test_prelu_slope_broadcast_along_width_is_rejected(tmp_path):
     onnx.save(model, str(bad))
     with pytest.raises(OnnxImportError, match=rf"PRelu .*slope '{prelu.input[1]}' has shape \(128,\)"):
         load_onnx(bad)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Issue #13: malformed graphs, external data, parse-time memory. Files are made here with onnx.helper.
+# ------------------------------------------------------------------------------------------------------
+
+MiB = 1 << 20
+
+
+def _tiny_model(initializers=(), nodes=(), inputs=("data",)):
+    graph = onnx.helper.make_graph(
+        list(nodes), "g",
+        [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1, 3, 112, 112]) for name in inputs],
+        [onnx.helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None)], initializer=list(initializers))
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 11)])
+
+
+def _malformed_models():
+    w = onnx.numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    short = onnx.TensorProto(name="short", data_type=onnx.TensorProto.FLOAT, dims=[5], raw_data=b"\0" * 8)
+    shape = onnx.numpy_helper.from_array(np.array([7, 7], np.int64), "shape")
+    axes = onnx.numpy_helper.from_array(np.array([9], np.int64), "axes")
+    undefined = onnx.TensorProto(name="undef", data_type=0, dims=[1], raw_data=b"\0")
+    return {
+        # numpy_helper.to_array fails inside _Graph (which used to run outside the try)
+        "raw_data_too_short": (_tiny_model([short]), None),
+        "reshape_impossible": (_tiny_model([w, shape], [onnx.helper.make_node("Reshape", ["w", "shape"], ["r"])]), None),
+        "unsqueeze_bad_axis": (_tiny_model([w, axes], [onnx.helper.make_node("Unsqueeze", ["w", "axes"], ["u"])]), None),
+        "undefined_type": (_tiny_model([undefined]), None),
+        # the mapping: a Conv without its weight input (IndexError before)
+        "conv_without_weight": (_tiny_model([], [onnx.helper.make_node("Conv", ["data"], ["c"])]), "iresnet18"),
+    }
+
+
+def test_malformed_graphs_are_named(tmp_path):
+    for name, (model, model_name) in _malformed_models().items():
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(model, str(path))
+        with pytest.raises(OnnxImportError) as err:
+            import_onnx(path, model_name)
+        assert str(err.value).startswith(f"{path}: "), (name, str(err.value))
+
+
+def test_declared_dims_are_not_trusted(tmp_path):
+    huge = onnx.TensorProto(name="huge", data_type=onnx.TensorProto.FLOAT, dims=[1 << 40], raw_data=b"\0" * 4)
+    path = tmp_path / "huge_dims.onnx"
+    onnx.save(_tiny_model([huge]), str(path))
+    with pytest.raises(OnnxImportError, match=r"huge_dims\.onnx: reading it would materialise more than.*'huge'"):
+        import_onnx(path)
+
+
+def test_protobuf_parse_amplification_is_refused(tmp_path):
+    # 2,000,000 empty NodeProtos: 2 bytes each on disk, ~150 bytes each once parsed (4 MB -> ~300 MB).
+    def varint(x):
+        out = bytearray()
+        while True:
+            out.append((x & 0x7F) | (0x80 if x > 0x7F else 0))
+            x >>= 7
+            if not x:
+                return bytes(out)
+
+    graph = b"\x0a\x00" * 2_000_000
+    path = tmp_path / "empty_nodes.onnx"
+    path.write_bytes(b"\x08\x08\x3a" + varint(len(graph)) + graph)
+    assert len(onnx.load(str(path)).graph.node) == 2_000_000  # reference: onnx parses it (in this process)
+    report = hostile.run_limited("synleak_jax.weights.onnx_import.import_onnx", path, headroom=128 * MiB)
+    assert report["outcome"] == "OnnxImportError", report
+    assert str(path) in report["message"] and "NodeProto" in report["message"], report
+    assert report["control"] == "MemoryError", report
+    assert report["peak_rss"] - report["rss_before"] < 32 * MiB, report
+
+
+def _external_model(tmp_path, values):
+    """model/m.onnx whose initializer 'w' lives in model/w.bin; returns (path, the parsed model)."""
+    d = tmp_path / "model"
+    d.mkdir()
+    model = _tiny_model([onnx.numpy_helper.from_array(values, "w")])
+    path = d / "m.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="w.bin",
+                    size_threshold=0)
+    return path, onnx.load(str(path), load_external_data=False)
+
+
+def _with_location(model, path, location, **extra):
+    init = model.graph.initializer[0]
+    entries = {e.key: e.value for e in init.external_data}
+    entries.update(location=location, **{k: str(v) for k, v in extra.items()})
+    del init.external_data[:]
+    for key, value in entries.items():
+        init.external_data.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_external_data_loads_and_hostile_locations_are_refused(tmp_path, rng):
+    from synleak_jax.weights import onnx_import
+
+    values = rng.standard_normal((16, 16)).astype(np.float32)
+    path, model = _external_model(tmp_path, values)
+    d = path.parent
+    np.testing.assert_array_equal(onnx_import._build_graph(path).consts["w"], values)  # the control loads
+    (tmp_path / "secret.bin").write_bytes(values.tobytes())  # outside the model's directory
+    os.symlink(tmp_path / "secret.bin", d / "link_out.bin")
+    os.symlink(d / "w.bin", d / "link_in.bin")
+    (d / "copy.bin").write_bytes((d / "w.bin").read_bytes())
+    os.link(d / "copy.bin", d / "hard.bin")  # (a link to w.bin itself would make w.bin two-linked too)
+    cases = {
+        "dotdot": ("../secret.bin", {}, "climbs out of the model's directory"),
+        "dotdot_inner": ("sub/../../secret.bin", {}, "climbs out"),
+        "absolute": (str(tmp_path / "secret.bin"), {}, "absolute location"),
+        "missing": ("nope.bin", {}, "not found next to the model"),
+        "symlink_out": ("link_out.bin", {}, "resolves outside the model's directory"),
+        "symlink_in": ("link_in.bin", {}, "symbolic link"),
+        "hardlink": ("hard.bin", {}, "2 hard links"),
+        "past_end": ("w.bin", {"offset": 1000, "length": 1000}, "outside 'w.bin'"),
+        "directory": (".", {}, "not a regular file"),
+    }
+    for name, (location, extra, message) in cases.items():
+        bad = _with_location(onnx.load(str(path), load_external_data=False), d / f"{name}.onnx", location, **extra)
+        with pytest.raises(OnnxImportError, match=rf"{name}\.onnx: external data of tensor 'w': .*{message}"):
+            import_onnx(bad)
+        if name not in ("past_end", "directory", "missing"):
+            # reference: the bounded onnx version (>= 1.21) refuses these too
+            with pytest.raises(Exception):  # noqa: B017 - onnx raises ValidationError/ValueError/OSError
+                onnx.load(str(bad))
+
+
+def test_external_data_aliasing_is_bounded(tmp_path, rng):
+    # 2,000 initializers reading the same 1 MiB of w.bin: 2 GiB from 1 MiB on disk.
+    values = rng.standard_normal(MiB // 4).astype(np.float32)
+    path, model = _external_model(tmp_path, values)
+    template = model.graph.initializer[0]
+    for i in range(1999):
+        copy = model.graph.initializer.add()
+        copy.CopyFrom(template)
+        copy.name = f"w{i}"
+    onnx.save(model, str(path))
+    report = hostile.run_limited("synleak_jax.weights.onnx_import.import_onnx", path, headroom=512 * MiB)
+    assert report["outcome"] == "OnnxImportError" and "materialise more than" in report["message"], report
+    assert report["control"] == "MemoryError", report
+    assert report["peak_rss"] - report["rss_before"] < 64 * MiB, report

@@ -1,6 +1,7 @@
 """Tests for synleak_jax/weights/torch_pickle.py: real torch.save files in both formats, and hostile pickles."""
 
 import argparse
+import bz2
 import collections
 import copyreg
 import functools
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import types
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from synleak_jax.weights import torch_pickle as tp  # noqa: E402
+from tests.weights import hostile  # noqa: E402
 
 FORMATS = pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
 
@@ -527,3 +530,243 @@ def test_python2_era_legacy_file(tmp_path, rng):
     bad = _legacy_with_pickle(tmp_path, b"c__builtin__\neval\n(S'1+1'\ntR.", "py2eval")
     with pytest.raises(tp.ForbiddenGlobalError, match="'builtins.eval'"):
         tp.read_torch_pickle(bad)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Issue #13: hostile files. Memory bounds are checked in a child interpreter under RLIMIT_AS (the limit is
+# its address-space size after importing numpy and the reader, plus a headroom the fixed reader stays far
+# below and the old reader needed many times over; the child also proves the limit was in force by failing
+# to allocate more than the headroom afterwards). torch_pickle does not import jax, so RLIMIT_AS measures
+# the reader itself rather than XLA's reservations.
+# ------------------------------------------------------------------------------------------------------
+
+LOAD = "synleak_jax.weights.torch_pickle.load_torch_file"
+MiB = 1 << 20
+
+
+def _assert_clean_refusal(report, path, *words):
+    assert report["outcome"] in ("TorchFileError", "ForbiddenGlobalError"), report
+    assert str(path) in report["message"], report
+    for word in words:
+        assert word in report["message"], report
+    assert report["control"] == "MemoryError", report  # the limit was in force
+    print(f"{path.name}: peak RSS {(report['peak_rss'] - report['rss_before']) / MiB:.1f} MiB over the imports")
+
+
+@FORMATS
+@pytest.mark.parametrize("refs", [8, 40])
+def test_stride0_view_shared_through_the_memo_is_bounded(tmp_path, zip_format, refs):
+    # 1 GiB of float32 as a stride-0 view of ONE element, the same tensor object under many keys (memo refs):
+    # the old reader copied it once per key (4.4 GB RSS at 8 keys, an uncaught MemoryError at 40).
+    t = torch.ones(1).expand(1 << 28)
+    path = _save({f"k{i}": t for i in range(refs)}, tmp_path / f"stride0_{refs}.pt", zip_format)
+    assert path.stat().st_size < 4096
+    report = hostile.run_limited(LOAD, path, headroom=512 * MiB)
+    _assert_clean_refusal(report, path, "materialise more than", "'k0'")
+    assert report["peak_rss"] - report["rss_before"] < 64 * MiB
+    # The same geometry at a size the limit admits loads, values equal torch's.
+    small = _save({"a": torch.arange(3.0)[1:2].expand(5, 4), "b": torch.arange(3.0)[1:2].expand(5, 4)},
+                  tmp_path / "small.pt", zip_format)
+    got = tp.load_torch_file(small)
+    np.testing.assert_array_equal(got["a"], np.ones((5, 4), np.float32))
+
+
+def test_memory_error_never_escapes(tmp_path):
+    # With the budget lifted to 1 TiB the reader does try to allocate 1 GiB; under RLIMIT_AS that fails and
+    # must come out as TorchFileError naming the file, not MemoryError.
+    path = _save({"k": torch.ones(1).expand(1 << 28)}, tmp_path / "lifted.pt", True)
+    report = hostile.run_limited(LOAD, path, headroom=256 * MiB, max_read_bytes=1 << 40)
+    _assert_clean_refusal(report, path, "ran out of memory")
+
+
+def _crc_of_zeros(nbytes, chunk=64 * MiB):
+    crc = 0
+    zeros = bytes(chunk)
+    for _ in range(nbytes // chunk):
+        crc = zlib.crc32(zeros, crc)
+    return crc
+
+
+def test_data_pkl_deflate_bomb_is_refused_before_inflating(tmp_path):
+    size = 512 * MiB  # declared honestly; ~520 KB of deflate
+    src = hostile.craft_torch_zip(tmp_path / "src.pt", {"w": hostile.TensorRef(hostile.StorageRef("0", 1), 0, (1,), (1,))},
+                                  {"0": bytes(4)})
+    bomb = hostile.replace_record_data(src.read_bytes(), "archive/data.pkl", hostile.deflate_zeros(size),
+                                       method=zipfile.ZIP_DEFLATED, declared_size=size, crc=_crc_of_zeros(size))
+    path = tmp_path / "bomb.pt"
+    path.write_bytes(bomb)
+    assert path.stat().st_size < 1 * MiB
+    with zipfile.ZipFile(path) as z:  # reference: a valid archive whose data.pkl really inflates to 512 MiB
+        assert z.getinfo("archive/data.pkl").file_size == size
+    report = hostile.run_limited(LOAD, path, headroom=256 * MiB)
+    _assert_clean_refusal(report, path, "materialise more than", "data.pkl")
+    assert report["peak_rss"] - report["rss_before"] < 32 * MiB
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2])
+def test_record_inflating_past_its_declared_size_is_stopped(tmp_path, method):
+    # data.pkl declares 1 KiB but inflates to 64 MiB: zipfile hands bzip2 a whole input chunk and gets all
+    # 64 MiB back at once (the 19 KB -> 1.06 GB case); our reader asks for at most declared + 1 bytes.
+    zeros = 64 * MiB
+    payload = hostile.deflate_zeros(zeros) if method == zipfile.ZIP_DEFLATED else bz2.compress(bytes(zeros), 9)
+    src = hostile.craft_torch_zip(tmp_path / "src.pt", {"w": hostile.TensorRef(hostile.StorageRef("0", 1), 0, (1,), (1,))},
+                                  {"0": bytes(4)})
+    path = tmp_path / f"liar{method}.pt"
+    path.write_bytes(hostile.replace_record_data(src.read_bytes(), "archive/data.pkl", payload, method=method,
+                                                 declared_size=1024))
+    report = hostile.run_limited(LOAD, path, headroom=48 * MiB)
+    _assert_clean_refusal(report, path, "decompresses to more than its declared 1024 bytes")
+    assert report["peak_rss"] - report["rss_before"] < 16 * MiB
+
+
+def test_many_central_directory_names_for_one_record_are_refused(tmp_path):
+    # One stored 16 MiB record, 64 names for it in the central directory, a pickle asking for all 64
+    # storages: the old reader read it 64 times (1 GiB).
+    n, numel = 64, 4 * MiB
+    storages = [hostile.StorageRef(str(i), numel) for i in range(n)]
+    obj = {f"w{i}": hostile.TensorRef(s, 0, (numel,), (1,)) for i, s in enumerate(storages)}
+    src = hostile.craft_torch_zip(tmp_path / "src.pt", obj, {"0": bytes(4 * numel)})
+    path = tmp_path / "aliases.pt"
+    path.write_bytes(hostile.alias_central_entry(src.read_bytes(), "archive/data/0",
+                                                 [f"archive/data/{i}" for i in range(1, n)]))
+    report = hostile.run_limited(LOAD, path, headroom=512 * MiB)
+    _assert_clean_refusal(report, path, "overlaps")
+    # Two central entries with the same name are refused as well.
+    dup = tmp_path / "dup.pt"
+    dup.write_bytes(hostile.alias_central_entry(src.read_bytes(), "archive/data/0", ["archive/data/0"]))
+    with pytest.raises(tp.TorchFileError, match=r"dup\.pt: zip archive lists 'archive/data/0' twice"):
+        tp.load_torch_file(dup)
+
+
+def test_local_header_name_is_checked(tmp_path):
+    obj = {"w": hostile.TensorRef(hostile.StorageRef("1", 2), 0, (2,), (1,))}
+    src = hostile.craft_torch_zip(tmp_path / "src.pt", obj, {"0": np.float32([1, 2]).tobytes()})
+    path = tmp_path / "renamed.pt"
+    path.write_bytes(hostile.rename_central_entry(src.read_bytes(), "archive/data/0", "archive/data/1"))
+    with zipfile.ZipFile(path) as z, pytest.raises(zipfile.BadZipFile, match="differ"):
+        z.read("archive/data/1")  # reference: Python's zipfile refuses it too
+    with pytest.raises(tp.TorchFileError, match=r"renamed\.pt: zip record 'archive/data/1': its local header names "
+                                                r"'archive/data/0'"):
+        tp.load_torch_file(path)
+
+
+def test_encrypted_and_unsupported_compression_are_named(tmp_path):
+    src = _save({"w": torch.ones(3)}, tmp_path / "src.pt", True)
+    with zipfile.ZipFile(src) as z:
+        names = z.namelist()
+    pkl = next(n for n in names if n.endswith("/data.pkl"))
+    storage = next(n for n in names if "/data/" in n)
+    cases = {
+        "encrypted": (pkl, {"flags": 1}, RuntimeError, "encrypted"),
+        "deflate64": (pkl, {"method": 9}, NotImplementedError, r"compression method 9 \(deflate64\)"),
+        "lzma_storage": (storage, {"method": 14}, Exception, r"compression method 14 \(lzma\)"),
+        "unknown": (storage, {"method": 77}, NotImplementedError, r"compression method 77 \(unknown\)"),
+    }
+    for name, (record, patch, foreign, message) in cases.items():
+        path = tmp_path / f"{name}.pt"
+        path.write_bytes(hostile.patch_zip_entry(src.read_bytes(), record, **patch))
+        with zipfile.ZipFile(path) as z, pytest.raises(foreign):
+            z.read(record)  # what escaped before: zipfile's own exception type
+        with pytest.raises(tp.TorchFileError, match=rf"{name}\.pt: zip record .*{message}"):
+            tp.load_torch_file(path)
+
+
+def _crafted_tensors():
+    """Each entry: a tensor-like object the rebuild functions must refuse (inside the unpickler)."""
+    st = hostile.StorageRef("0", 4)
+    return {
+        "negative_offset": hostile.TensorRef(st, -1, (2,), (1,)),
+        "negative_size": hostile.TensorRef(st, 0, (-2,), (1,)),
+        "negative_stride": hostile.TensorRef(st, 0, (2,), (-1,)),
+        "rank_mismatch": hostile.TensorRef(st, 0, (2, 2), (1,)),
+        "size_not_ints": hostile.TensorRef(st, 0, ("2",), (1,)),
+        "size_bool": hostile.TensorRef(st, 0, (True,), (1,)),
+        "beyond_storage": hostile.TensorRef(st, 2, (4,), (1,)),
+        "huge_stride": hostile.TensorRef(st, 0, (1, 2), (1, 1 << 70)),
+        "65_dims": hostile.TensorRef(st, 0, (1,) * 65, (1,) * 65),
+        "not_a_storage": hostile.TensorRef(7, 0, (1,), (1,)),
+        "metadata_not_dict": hostile.TensorRef(st, 0, (2,), (1,), metadata=[1]),
+        "v3_storage_dtype": hostile.Call(torch._utils._rebuild_tensor_v3, st, 0, (2,), (1,), False, {},
+                                         torch.FloatStorage),
+        "v3_wrong_dtype_for_typed": hostile.TensorRef(st, 0, (2,), (1,), dtype="float64"),
+        "parameter_of_int": hostile.Call(torch._utils._rebuild_parameter, 5, False, {}),
+        "from_type_v2_function": hostile.Call(torch._tensor._rebuild_from_type_v2, torch._utils._rebuild_parameter,
+                                              torch.Tensor, 3, {}),
+        "codecs_utf16": hostile.Call(__import__("_codecs").encode, "x", "utf-16"),
+    }
+
+
+def test_crafted_tensor_errors_name_the_file(tmp_path):
+    for name, obj in _crafted_tensors().items():
+        path = hostile.craft_torch_zip(tmp_path / f"{name}.pt", {"w": obj}, {"0": bytes(16)})
+        with pytest.raises(tp.TorchFileError) as err:
+            tp.load_torch_file(path)
+        assert str(err.value).startswith(f"{path}: "), (name, str(err.value))
+    # Control: the same builder with sane geometry loads (so the refusals above are about the geometry).
+    ok = hostile.craft_torch_zip(tmp_path / "ok.pt", {"w": hostile.TensorRef(hostile.StorageRef("0", 4), 1, (2,), (2,))},
+                                 {"0": np.float32([0, 1, 2, 3]).tobytes()})
+    np.testing.assert_array_equal(tp.load_torch_file(ok)["w"], np.float32([1, 3]))
+
+
+def test_big_endian_untyped_storage_is_swapped_per_view(tmp_path, rng):
+    # _rebuild_tensor_v3 over an UntypedStorage (how torch saves uint16/uint32/float8...): only the view
+    # knows the element size, so a big-endian file's bytes are swapped when the view is made.
+    u16 = rng.integers(0, 2**16, 6).astype(np.uint16)
+    f32 = rng.standard_normal(3).astype(np.float32)
+    c64 = (rng.standard_normal(2) + 1j * rng.standard_normal(2)).astype(np.complex64)
+    raw = {"0": u16.astype(">u2").tobytes(), "1": f32.astype(">f4").tobytes(), "2": c64.astype(">c8").tobytes()}
+    st = {k: hostile.StorageRef(k, len(v), "UntypedStorage") for k, v in raw.items()}
+    obj = {
+        "u16": hostile.TensorRef(st["0"], 0, (2, 3), (3, 1), dtype="uint16"),
+        "u16_t": hostile.TensorRef(st["0"], 0, (3, 2), (1, 3), dtype="uint16"),  # a transposed view
+        "bytes": hostile.TensorRef(st["0"], 0, (12,), (1,), dtype="uint8"),  # 1-byte view: raw bytes as stored
+        "f32": hostile.TensorRef(st["1"], 1, (2,), (1,), dtype="float32"),
+        "c64": hostile.TensorRef(st["2"], 0, (2,), (1,), dtype="complex64"),
+    }
+    got = tp.load_torch_file(hostile.craft_torch_zip(tmp_path / "be.pt", obj, raw, byteorder="big"))
+    np.testing.assert_array_equal(got["u16"], u16.reshape(2, 3))
+    np.testing.assert_array_equal(got["u16_t"], u16.reshape(2, 3).T)
+    assert got["bytes"].tobytes() == raw["0"]
+    np.testing.assert_array_equal(got["f32"], f32[1:])
+    np.testing.assert_array_equal(got["c64"], c64)
+    # Control: the same pickle over little-endian bytes, marked little, gives the same values.
+    le = {"0": u16.tobytes(), "1": f32.tobytes(), "2": c64.tobytes()}
+    got_le = tp.load_torch_file(hostile.craft_torch_zip(tmp_path / "le.pt", obj, le, byteorder="little"))
+    np.testing.assert_array_equal(got_le["u16"], got["u16"])
+    np.testing.assert_array_equal(got_le["c64"], got["c64"])
+
+
+@FORMATS
+def test_single_key_wrappers_are_unwrapped(tmp_path, rng, zip_format):
+    g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    sd = {"input_layer.0.weight": torch.randn(4, 3, 3, 3, generator=g), "output.bias": torch.randn(4, generator=g)}
+    for key in ("state_dict", "model_state_dict"):
+        got = tp.load_torch_file(_save({key: sd}, tmp_path / f"{key}.ckpt", zip_format))
+        assert set(got) == set(sd), key
+        for k, v in sd.items():
+            _assert_same(got[k], v)
+    # A module really named like a wrapper key, beside other keys, is not a wrapper.
+    got = tp.load_torch_file(_save({"model": {"w": sd["output.bias"]}, "x": sd["output.bias"]},
+                                   tmp_path / "two.pt", zip_format))
+    assert set(got) == {"model.w", "x"}
+
+
+def test_fifo_and_directory_are_refused_without_opening(tmp_path):
+    fifo = tmp_path / "pipe.pt"
+    os.mkfifo(fifo)
+    with pytest.raises(tp.TorchFileError, match=r"pipe\.pt: a FIFO \(named pipe\), not a regular file"):
+        tp.load_torch_file(fifo)  # would block forever in open() if it were opened
+    with pytest.raises(tp.TorchFileError, match="a directory, not a regular file"):
+        tp.read_torch_pickle(tmp_path)
+
+
+def test_read_limit_is_configurable(tmp_path, monkeypatch):
+    path = _save({"w": torch.ones(1).expand(64, 1 << 20)}, tmp_path / "256mib.pt", True)  # 256 MiB logical
+    with pytest.raises(tp.TorchFileError, match="materialise more than"):
+        tp.load_torch_file(path)
+    assert tp.load_torch_file(path, max_read_bytes=300 * MiB)["w"].shape == (64, 1 << 20)
+    monkeypatch.setenv("SYNLEAK_MAX_READ_BYTES", "300M")
+    assert tp.load_torch_file(path)["w"].nbytes == 256 * MiB
+    monkeypatch.setenv("SYNLEAK_MAX_READ_BYTES", "lots")
+    with pytest.raises(tp.TorchFileError, match=r"256mib\.pt: \$SYNLEAK_MAX_READ_BYTES: not a byte count"):
+        tp.load_torch_file(path)

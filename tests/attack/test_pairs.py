@@ -1,0 +1,82 @@
+"""Pair statistics on the tile engine equal a float64 brute force: histograms, moments, counts, collection."""
+
+import numpy as np
+import pytest
+
+from synleak_jax.attack import pairs
+
+
+def _quantised(rng, n, d):
+    # Entries k/8 with small |k|: every dot product is exactly representable in float32 and float64, so the
+    # engine's bins can be compared with numpy's bit for bit.
+    return (rng.integers(-4, 5, size=(n, d)) / 8.0).astype(np.float32)
+
+
+def _brute(a, la, b, lb, metric):
+    """(scores, same-label) of all pairs i < j of a (b None) or all (i, j) of a x b, float64."""
+    if b is None:
+        s = pairs.pair_scores_np(a, a, metric)
+        iu = np.triu_indices(len(a), 1)
+        return s[iu], (la[:, None] == la[None, :])[iu] & (la[iu[0]] >= 0)
+    return pairs.pair_scores_np(a, b, metric).ravel(), ((la[:, None] == lb[None, :]) & (la[:, None] >= 0)).ravel()
+
+
+@pytest.mark.parametrize("mode", ["self", "cross"])
+def test_histogram_counts_equal_brute_force(rng, mode):
+    a = _quantised(rng, 150, 6)
+    la = rng.integers(0, 12, 150)
+    b = lb = None
+    if mode == "cross":
+        b = _quantised(rng, 90, 6)
+        lb = rng.integers(0, 12, 90)
+    scores, same = _brute(a, la, b, lb, "cosine")
+    bins = pairs.Bins(-1.37, 1.41, 97)  # edges that no k/64 score hits exactly
+    h = pairs.histogram(a, la, "cosine", bins, y=b, y_labels=lb)
+    idx = np.clip(np.floor((scores - bins.lo) / bins.width), 0, bins.nbins - 1).astype(int)
+    np.testing.assert_array_equal(h.impostor, np.bincount(idx[~same], minlength=bins.nbins))
+    np.testing.assert_array_equal(h.genuine, np.bincount(idx[same], minlength=bins.nbins))
+    assert h.n_impostor + h.n_genuine == scores.size
+    np.testing.assert_allclose(h.moments("impostor"), (scores[~same].mean(), scores[~same].std()), rtol=1e-5)
+    np.testing.assert_allclose(h.moments("genuine"), (scores[same].mean(), scores[same].std()), rtol=1e-5)
+    # collection: the exact scores of three bins, with their rows and classes
+    wanted = sorted(set(idx[np.argsort(-scores)[:3]].tolist()) | {int(idx[0])})
+    expected = int(np.isin(idx, wanted).sum())
+    sc, rows, gen = pairs.collect(a, la, "cosine", bins, wanted, expected, y=b, y_labels=lb)
+    sel = np.isin(idx, wanted)
+    np.testing.assert_array_equal(np.sort(sc), np.sort(scores[sel]).astype(np.float32))
+    assert gen.sum() == same[sel].sum()
+
+
+def test_unlabelled_self_pairs_are_all_impostors(rng):
+    x = rng.normal(size=(70, 5)).astype(np.float32)
+    h = pairs.histogram(x, None, "euclidean", pairs.Bins(*pairs.score_range(x, None, "euclidean"), 64))
+    assert h.n_impostor == 70 * 69 // 2 and h.n_genuine == 0
+
+
+def test_unknown_labels_are_distinct_identities(rng):
+    x = _quantised(rng, 40, 4)
+    lab = rng.integers(-1, 3, 40)  # -1: unknown
+    h = pairs.histogram(x, lab, "cosine", pairs.Bins(-3.0, 3.0, 16))
+    iu = np.triu_indices(40, 1)
+    same = (lab[:, None] == lab[None, :])[iu] & (lab[iu[0]] >= 0)
+    assert h.n_genuine == same.sum() and h.n_impostor == (~same).sum()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_count_above_equals_brute_force(rng, metric):
+    a = rng.normal(size=(120, 8)).astype(np.float32)
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    la = rng.integers(0, 10, 120)
+    s = pairs.pair_scores_np(a, a, metric)
+    iu = np.triu_indices(120, 1)
+    sc, same = s[iu], (la[:, None] == la[None, :])[iu]
+    # Thresholds half-way between neighbouring scores: float32 round-off cannot move a pair across them.
+    srt = np.sort(sc)
+    taus = [(srt[j] + srt[j + 1]) / 2 for j in (len(srt) // 2, len(srt) - 40, len(srt) - 3)]
+    per_row, total = pairs.count_above(a, la, metric, taus)
+    np.testing.assert_array_equal(total[:, 0], [(sc[~same] > t).sum() for t in taus])
+    np.testing.assert_array_equal(total[:, 1], [(sc[same] > t).sum() for t in taus])
+    # per row: pair (i, j), i < j, is counted in row i
+    for t_i, t in enumerate(taus):
+        want = np.bincount(iu[0][(sc > t) & ~same], minlength=120)
+        np.testing.assert_array_equal(per_row[:, t_i, 0], want)

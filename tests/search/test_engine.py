@@ -1,0 +1,144 @@
+"""The tile engine against a float64 brute force: every reduction, both score kinds, both pair modes, streamed or
+resident columns, and identical results on 1, 2 and 8 devices."""
+
+import jax
+import numpy as np
+import pytest
+
+from synleak_jax.search.engine import Bins, Blocks, PassParams, PassSpec, make_mesh, tile_pass
+
+
+def _scores64(a, b, score):
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    ip = a64 @ b64.T
+    if score == "ip":
+        return ip
+    d2 = (a64 * a64).sum(1)[:, None] + (b64 * b64).sum(1)[None, :] - 2 * ip
+    return -np.sqrt(np.maximum(d2, 0))
+
+
+def _bin32(s, bins):
+    """The engine's bin formula (float32 arithmetic), so scores on a bin edge land where the engine puts them."""
+    v = (s.astype(np.float32) - np.float32(bins.lo)) * np.float32(bins.inv_width)
+    return np.clip(np.floor(v), 0, bins.nbins - 1).astype(int)
+
+
+def _topk_ok(scores, idx, ref, k):
+    """Exact top-k per row of ref (tie-tolerant: the returned entries' true scores equal the true top-k)."""
+    got = np.take_along_axis(ref, idx.astype(np.int64), 1)
+    want = -np.sort(-ref, axis=1)[:, :k]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(scores, got, atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 0).all()
+    eq = scores[:, 1:] == scores[:, :-1]
+    assert (idx[:, 1:][eq] > idx[:, :-1][eq]).all()  # ties: lower index first
+
+
+def _assert_hist_within_roundoff(got: np.ndarray, ref: np.ndarray, bins: Bins) -> None:
+    """The engine's histogram of float32 scores against the float64 scores ``ref``: a pair within float32
+    round-off (1e-5 relative, above the 12-D dot's error) of a bin edge may land on either side (edges placed
+    blindly put a pair there in ~1 run of 4), every other pair in its float64 bin; the total is exact."""
+    def bin_of(s):
+        return np.clip(np.floor((s - bins.lo) / bins.width), 0, bins.nbins - 1).astype(int)
+
+    eps = 1e-5 * (1 + np.abs(ref))
+    low, high = bin_of(ref - eps), bin_of(ref + eps)
+    certain = np.bincount(low[low == high], minlength=bins.nbins)
+    reachable = np.array([((low <= b) & (b <= high)).sum() for b in range(bins.nbins)])
+    assert got.sum() == ref.size
+    assert (got >= certain).all() and (got <= reachable).all(), (got, certain, reachable)
+    assert (low != high).sum() <= max(3, ref.size // 100)  # the escape hatch stays small (~0.1% measured)
+
+
+@pytest.mark.parametrize("score", ["ip", "neg_euclidean"])
+@pytest.mark.parametrize("chunk", [None, 64])
+def test_fused_cross_pass_equals_brute_force(rng, score, chunk):
+    a = rng.standard_normal((203, 12)).astype(np.float32)
+    b = rng.standard_normal((150, 12)).astype(np.float32)
+    b[40:50] = b[3]  # exact ties across tiles
+    la, lb = rng.integers(0, 9, 203), rng.integers(0, 9, 150)
+    ref = _scores64(a, b, score)
+    srt = np.sort(ref.ravel())
+    # thresholds in gaps between neighbouring scores wide enough that float32 round-off cannot cross them
+    gaps = np.nonzero(np.diff(srt) > 1e-4 * (1 + np.abs(srt[:-1])))[0]
+    js = [gaps[np.searchsorted(gaps, j)] for j in (1000, 20000, srt.size - 40)]
+    taus = np.asarray([(srt[j] + srt[j + 1]) / 2 for j in js], np.float32)
+    bins = Bins(float(srt[0]) - 1, float(srt[-1]) + 1, 37)
+    spec = PassSpec(score=score, labels=True, row_k=5, col_k=4, n_taus=3, nbins=37, moments=True)
+    blocks = Blocks(bq=16, bdb=32, rows_per_device=32, chunk=chunk, ct=3)
+    res = tile_pass(a, b, spec, PassParams(taus=taus, bins=bins), row_labels=la, col_labels=lb, blocks=blocks,
+                    mesh=make_mesh(jax.devices()[:1]))
+    _topk_ok(res.row_scores, res.row_index, ref, 5)
+    _topk_ok(res.col_scores, res.col_index, ref.T, 4)
+    same = la[:, None] == lb[None, :]
+    for t, tau in enumerate(taus):
+        np.testing.assert_array_equal(res.counts[:, t, 0], ((ref > tau) & ~same).sum(1))
+        np.testing.assert_array_equal(res.counts[:, t, 1], ((ref > tau) & same).sum(1))
+    _assert_hist_within_roundoff(res.hist[0], ref[~same], bins)
+    _assert_hist_within_roundoff(res.hist[1], ref[same], bins)
+    for c, sel in ((0, ~same), (1, same)):  # float32 sums: error relative to the sum of magnitudes
+        np.testing.assert_allclose(res.moments[c], [ref[sel].sum(), (ref[sel] ** 2).sum()], rtol=1e-5,
+                                   atol=1e-6 * np.abs(ref[sel]).sum())
+    assert res.max_col_norm == pytest.approx(np.linalg.norm(b, axis=1).max(), rel=1e-6)
+
+
+def test_upper_pairs_collect_and_restrict(rng):
+    x = (rng.integers(-4, 5, size=(130, 5)) / 8.0).astype(np.float32)  # exact scores
+    lab = rng.integers(0, 7, 130)
+    ref = _scores64(x, x, "ip")
+    iu = np.triu_indices(130, 1)
+    sc, same = ref[iu], (lab[:, None] == lab[None, :])[iu]
+    coarse = Bins(-3.1, 3.3, 16)
+    cidx = _bin32(sc, coarse)
+    b = int(np.bincount(cidx).argmax())
+    fine = coarse.sub(b, 16)
+    fidx = _bin32(sc, fine)
+    inside = cidx == b
+    blocks = Blocks(bq=16, bdb=32, rows_per_device=16, chunk=32, ct=2)
+    h = tile_pass(x, x, PassSpec(pairs="upper", labels=True, nbins=16, restrict=True),
+                  PassParams(bins=fine, restrict=(coarse, b)), row_labels=lab, blocks=blocks)
+    np.testing.assert_array_equal(h.hist[0], np.bincount(fidx[inside & ~same], minlength=16))
+    np.testing.assert_array_equal(h.hist[1], np.bincount(fidx[inside & same], minlength=16))
+    wanted = np.zeros(16, bool)
+    wanted[[2, 9]] = True
+    c = tile_pass(x, x, PassSpec(pairs="upper", labels=True, nbins=16, collect_cap=4096),
+                  PassParams(bins=coarse, collect_bins=wanted), row_labels=lab, blocks=blocks)
+    sel = wanted[cidx]
+    got_s, got_r, got_c = c.collected
+    assert got_s.size == sel.sum()
+    want = sorted(zip(iu[0][sel].tolist(), sc[sel].tolist(), same[sel].tolist()))
+    assert sorted(zip(got_r.tolist(), got_s.astype(np.float64).tolist(), got_c.astype(bool).tolist())) == want
+
+
+@pytest.mark.parametrize("score", ["ip", "neg_euclidean"])
+def test_identical_on_1_2_8_devices(rng, score):
+    assert len(jax.devices()) == 8
+    a = rng.standard_normal((301, 16)).astype(np.float32)
+    b = rng.standard_normal((257, 16)).astype(np.float32)
+    la, lb = rng.integers(0, 20, 301), rng.integers(0, 20, 257)
+    spec = PassSpec(score=score, labels=True, row_k=6, col_k=6, n_taus=2, nbins=64, moments=True)
+    params = PassParams(taus=np.asarray([0.5, 2.0], np.float32), bins=Bins(-30.0, 30.0, 64))
+    out = []
+    for ndev, chunk in ((1, None), (2, 64), (8, None), (8, 96)):
+        blocks = Blocks(bq=16, bdb=32, rows_per_device=32, chunk=chunk, ct=2)
+        out.append(tile_pass(a, b, spec, params, row_labels=la, col_labels=lb, blocks=blocks,
+                             mesh=make_mesh(jax.devices()[:ndev])))
+    for r in out[1:]:
+        for key in ("row_scores", "row_index", "col_scores", "col_index", "counts", "hist", "moments"):
+            np.testing.assert_array_equal(getattr(r, key), getattr(out[0], key), err_msg=key)
+
+
+def test_bad_arguments(rng):
+    a = rng.standard_normal((10, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="top-k lists are not defined"):
+        PassSpec(pairs="upper", row_k=2)
+    with pytest.raises(ValueError, match="k=11 exceeds"):
+        tile_pass(a, a, PassSpec(row_k=11))
+    with pytest.raises(ValueError, match="dimension mismatch"):
+        tile_pass(a, a[:, :3], PassSpec(row_k=1))
+    with pytest.raises(ValueError, match="params.taus"):
+        tile_pass(a, a, PassSpec(n_taus=2))
+    bad = a.copy()
+    bad[4, 1] = np.nan
+    with pytest.raises(ValueError, match="rows row 4 contains NaN"):
+        tile_pass(bad, a, PassSpec(row_k=1))
