@@ -83,10 +83,14 @@ def test_planted_leak_every_copy_found_at_fmr_1e3(rng):
     pairs = set(zip(leak.pairs["syn_idx"].tolist(), leak.pairs["real_idx"].tolist()))
     for s, r in zip(planted_syn, planted_real):
         assert (int(s), int(r)) in pairs
-    # Fresh identities rarely match: at most a few false matches expected at FMR 1e-3 (300 x 600 pairs -> ~180
-    # impostor matches spread over images; most fresh images match nothing).
+    # Fresh identities match only by chance. The count is random (a fixed bound of 150 failed once in CI at 151:
+    # about 0.45 of fresh images are expected to have one of 600 impostor scores above tau at FMR 1e-3), so it is
+    # checked against the float64 definition, ties at tau aside, and against a sanity bound ~10 sigma away.
     fresh_matched = leak.synthetic_matched - 40
-    assert fresh_matched < 150
+    fresh_best = (fresh.astype(np.float64) @ real.astype(np.float64).T).max(1)
+    near_tau = np.abs(fresh_best - tau) <= 1e-5
+    assert abs(fresh_matched - int((fresh_best >= tau).sum())) <= int(near_tau.sum())
+    assert fresh_matched < 0.8 * len(fresh)
 
 
 def _loop_reference_groups(pairs, syn_labels, syn_hit, real_labels, real_hit):
