@@ -122,3 +122,58 @@ def test_exact_eer_equals_sklearn_roc(rng, nbins, cap):
     fnr = 1 - tpr
     i = np.argmin(np.abs(fpr - fnr))
     assert abs(cal.eer - (fpr[i] + fnr[i]) / 2) < 1e-12
+
+
+@pytest.mark.parametrize("cap", [1 << 22, 8])  # second: every bracket is split by further counting passes
+def test_sampled_pilot_stays_exact(rng, monkeypatch, cap):
+    """Above PILOT_ALL_ROWS the pilot is a row sample; the taus, counts, fixed threshold and EER stay exact."""
+    from sklearn.metrics import roc_curve
+
+    monkeypatch.setattr(calibration, "PILOT_ALL_ROWS", 64)
+    monkeypatch.setattr(calibration, "PILOT_STRIDE", 5)
+    x = _quantised_unit(rng, 500, 5)
+    lab = rng.integers(-5, 40, 500)  # some unknown identities
+    iu = np.triu_indices(500, 1)
+    s = pairs.pair_scores_np(x, x, "cosine")[iu]
+    same = (lab[iu[0]] == lab[iu[1]]) & (lab[iu[0]] >= 0)
+    imp, gen = s[~same], s[same]
+    fmrs = [1e-2, 1e-3, 1e-4]
+    cal = calibration.calibrate_embeddings(x, lab, fmrs, metric="cosine", collect_cap=cap,
+                                           fixed_thresholds={"fixed 0.25": 0.25})
+    assert "every 5th row" in cal.method
+    for t, f in zip(cal.thresholds, fmrs):
+        ref = np.quantile(imp, 1 - f, method="inverted_cdf")
+        assert t.tau == ref and t.impostors_above == (imp > ref).sum()
+        assert t.fnmr == pytest.approx((gen <= ref).mean())
+    fixed = cal.thresholds[-1]
+    assert fixed.impostors_above == (imp > 0.25).sum() and fixed.fnmr == pytest.approx((gen <= 0.25).mean())
+    fpr, tpr, _ = roc_curve(np.r_[np.ones(gen.size), np.zeros(imp.size)], np.r_[gen, imp], drop_intermediate=False)
+    i = np.argmin(np.abs(fpr - (1 - tpr)))
+    assert abs(cal.eer - (fpr[i] + 1 - tpr[i]) / 2) < 1e-12
+    assert cal.impostor_mean == pytest.approx(imp.mean(), abs=1e-9)
+
+
+@pytest.mark.parametrize("proposals", ["none", "far"])
+def test_misplaced_proposals_are_corrected_by_counting(rng, monkeypatch, proposals):
+    """The pilot only places thresholds: with none, or all far above every score, the counting rounds still
+    bracket every tau and the EER exactly (float embeddings, float64 reference)."""
+    if proposals == "none":
+        monkeypatch.setattr(calibration, "_proposals_for_rank", lambda *a, **k: [])
+    else:
+        monkeypatch.setattr(calibration, "_proposals_for_rank", lambda *a, **k: [0.99, 0.999])
+    x = rng.normal(size=(300, 10)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    lab = rng.integers(0, 30, 300)
+    imp, gen = _brute(x, lab, "cosine")
+    cal = calibration.calibrate_embeddings(x, lab, [1e-2, 1e-3], metric="cosine", collect_cap=64)
+    for t in cal.thresholds:
+        ref = np.quantile(imp, 1 - t.fmr, method="inverted_cdf")
+        assert abs(t.tau - ref) < 2e-6
+        assert abs(t.impostors_above - (imp > t.tau).sum()) <= (np.abs(imp - t.tau) < 2e-6).sum()
+    assert abs(cal.eer - stats_exact_eer(gen, imp)) < 5e-3
+
+
+def stats_exact_eer(gen, imp):
+    from synleak_jax.attack import stats
+
+    return stats.exact_eer(gen, imp).eer

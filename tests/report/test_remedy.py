@@ -110,9 +110,11 @@ def test_pairs_csv_never_crashes_on_a_name(tmp_path, rng):
     root = str(tmp_path / "ds")
     _folder(root, rng, HOSTILE_NAMES)
     _, es = _opened(root)
-    rows = [{"matcher": "m", "rank": i + 1, "syn_idx": i, "syn_id": es.describe(i), "real_id": es.exact_name(i)}
-            for i in range(len(es))]  # real_id: the raw OS string (surrogates) on purpose
-    writer.write_pairs_csv(str(tmp_path / "pairs.csv"), rows)
+    n = len(es)
+    block = {"matcher": "m", "rank": list(range(1, n + 1)), "syn_idx": list(range(n)),
+             "syn_id": [es.describe(i) for i in range(n)],
+             "real_id": [es.exact_name(i) for i in range(n)]}  # real_id: the raw OS string (surrogates) on purpose
+    writer.write_pairs_csv(str(tmp_path / "pairs.csv"), [block])
     text = (tmp_path / "pairs.csv").read_bytes().decode("utf-8")  # valid UTF-8
     got = list(csv.DictReader(io.StringIO(text)))
     assert len(got) == len(HOSTILE_NAMES)

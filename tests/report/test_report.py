@@ -281,12 +281,17 @@ def test_image_names_relative_to_the_dataset_root(tmp_path):
 def test_to_jsonable_and_pairs_csv(tmp_path):
     out = to_jsonable({"a": np.float32(1.5), "b": np.array([1, 2]), "c": float("nan"), "d": np.bool_(True)})
     assert out == {"a": 1.5, "b": [1, 2], "c": None, "d": True}
-    n = writer.write_pairs_csv(str(tmp_path / "p.csv"), [{"matcher": "m", "role": "members", "unit": "cosine",
-                                                    "rank": 1, "syn_id": "a,\"b\"", "score_native": 0.3}])
+    blocks = [{"matcher": "m", "role": "members", "unit": "cosine", "rank": [1, 2], "syn_id": ["a,\"b\"", "c"],
+               "score_native": np.asarray([0.3, 0.25])},
+              {"matcher": "m", "role": "nonmembers", "unit": "cosine", "rank": np.asarray([1]), "syn_id": ["d"],
+               "score_native": [0.5]}]
+    n = writer.write_pairs_csv(str(tmp_path / "p.csv"), blocks)
     with open(tmp_path / "p.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert n == 1 and rows[0]["syn_id"] == "a,\"b\"" and rows[0]["score_native"] == "0.3"
+    assert n == 3 and rows[0]["syn_id"] == "a,\"b\"" and rows[0]["score_native"] == "0.3"
     assert rows[0]["role"] == "members" and rows[0]["unit"] == "cosine"
+    assert [r["rank"] for r in rows] == ["1", "2", "1"] and rows[2]["role"] == "nonmembers"
+    assert rows[1]["score_native"] == "0.25" and rows[1]["real_id"] == ""
 
 
 def _overlaps(a, b) -> bool:

@@ -110,6 +110,45 @@ def test_upper_pairs_collect_and_restrict(rng):
     assert sorted(zip(got_r.tolist(), got_s.astype(np.float64).tolist(), got_c.astype(bool).tolist())) == want
 
 
+@pytest.mark.parametrize("pair_mode", ["upper", "all"])
+def test_collect_between_taus(rng, pair_mode):
+    """collect_taus: the scores in the flagged intervals of ascending taus (sparse tiles and, with a wide
+    interval, dense ones), with the counts above each tau, streamed or resident, on 1 and 8 devices."""
+    x = (rng.integers(-4, 5, size=(150, 5)) / 8.0).astype(np.float32)  # exact scores
+    y = x if pair_mode == "upper" else (rng.integers(-4, 5, size=(90, 5)) / 8.0).astype(np.float32)
+    lab = rng.integers(0, 9, 150)
+    ylab = lab if pair_mode == "upper" else rng.integers(0, 9, 90)
+    ref = _scores64(x, y, "ip")
+    if pair_mode == "upper":
+        iu = np.triu_indices(150, 1)
+        sc, same, rows = ref[iu], (lab[:, None] == lab[None, :])[iu], iu[0]
+    else:
+        sc, same = ref.ravel(), (lab[:, None] == ylab[None, :]).ravel()
+        rows = np.repeat(np.arange(150), 90)
+    taus = np.asarray([-np.inf, -1.0, 0.0, 0.5, 0.515625, 1.5, np.inf], np.float32)
+    flags = np.zeros(8, bool)
+    flags[[2, 4, 6]] = True  # (-1, 0] (wide: dense tiles), (0.5, 0.515625] (narrow), (1.5, inf]
+    interval = (sc[:, None] > taus[None, :].astype(np.float64)).sum(1)
+    sel = flags[interval]
+    want = sorted(zip(rows[sel].tolist(), sc[sel].tolist(), same[sel].tolist()))
+    spec = PassSpec(pairs=pair_mode, labels=True, n_taus=7, collect_taus=True, collect_cap=1 << 14)
+    for ndev, chunk, bq in ((1, None, 64), (8, 32, 16)):  # bq 64 > COLLECT_ROWS: the wide interval goes dense
+        res = tile_pass(x, x if pair_mode == "upper" else y, spec, PassParams(taus=taus, collect_bins=flags),
+                        row_labels=lab, col_labels=None if pair_mode == "upper" else ylab,
+                        blocks=Blocks(bq=bq, bdb=32, rows_per_device=64, chunk=chunk, ct=2),
+                        mesh=make_mesh(jax.devices()[:ndev]))
+        got_s, got_r, got_c = res.collected
+        assert sorted(zip(got_r.tolist(), got_s.astype(np.float64).tolist(), got_c.astype(bool).tolist())) == want
+        totals = res.counts.sum(0)
+        assert totals[:, 0].tolist() == [int(((sc > t) & ~same).sum()) for t in taus.astype(np.float64)]
+        assert totals[:, 1].tolist() == [int(((sc > t) & same).sum()) for t in taus.astype(np.float64)]
+    with pytest.raises(ValueError, match="ascending"):
+        tile_pass(x, x if pair_mode == "upper" else y, spec, PassParams(taus=taus[::-1].copy(), collect_bins=flags),
+                  row_labels=lab, col_labels=None if pair_mode == "upper" else ylab)
+    with pytest.raises(ValueError, match="collect_taus needs"):
+        PassSpec(n_taus=2, collect_taus=True)
+
+
 @pytest.mark.parametrize("score", ["ip", "neg_euclidean"])
 def test_identical_on_1_2_8_devices(rng, score):
     assert len(jax.devices()) == 8
