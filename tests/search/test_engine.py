@@ -142,6 +142,10 @@ def test_collect_between_taus(rng, pair_mode):
         totals = res.counts.sum(0)
         assert totals[:, 0].tolist() == [int(((sc > t) & ~same).sum()) for t in taus.astype(np.float64)]
         assert totals[:, 1].tolist() == [int(((sc > t) & same).sum()) for t in taus.astype(np.float64)]
+    shuffled = taus[[3, 0, 6, 1, 5, 2, 4]]  # counts alone: any order, results in the order given
+    res = tile_pass(x, x if pair_mode == "upper" else y, PassSpec(pairs=pair_mode, labels=True, n_taus=7),
+                    PassParams(taus=shuffled), row_labels=lab, col_labels=None if pair_mode == "upper" else ylab)
+    assert res.counts.sum(0)[:, 0].tolist() == [int(((sc > t) & ~same).sum()) for t in shuffled.astype(np.float64)]
     with pytest.raises(ValueError, match="ascending"):
         tile_pass(x, x if pair_mode == "upper" else y, spec, PassParams(taus=taus[::-1].copy(), collect_bins=flags),
                   row_labels=lab, col_labels=None if pair_mode == "upper" else ylab)
