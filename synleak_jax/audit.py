@@ -177,7 +177,7 @@ def dry_run(cfg) -> dict:
     rates = _measure_engine(dim or 512)
     analysis_s = 0.0
     for stage, (n_pairs, kinds) in stages.items():
-        secs = sum(n_pairs * _PASS_SHARE.get(k, 1.0) / rates[k] for k in kinds) * len(plan["matchers"])
+        secs = sum(n_pairs / rates[k] for k in kinds) * len(plan["matchers"])
         plan["stages"][stage] = {"pairs": n_pairs, "passes": kinds, "estimate_s": secs}
         analysis_s += secs
     plan["engine_pairs_per_s_measured"] = rates
@@ -209,7 +209,7 @@ def _stage_plan(cfg, datasets: dict) -> tuple[dict, set]:
     out = {}
     if cfg.calibration.source != "verification_bin":
         nc, _ = _calibration_size(cfg, datasets)
-        out["calibration"] = (nc * (nc - 1) // 2, ["pilot", "calib_counts", "calib_collect"])
+        out["calibration"] = (nc * (nc - 1) // 2, ["histogram", "collect"])
     out["members_x_synthetic"] = (n["members"] * n["synthetic"], ["scan"])
     if "nonmembers" in n:
         out["nonmembers_x_synthetic"] = (n["nonmembers"] * n["synthetic"], ["topk_both"])
@@ -220,10 +220,6 @@ def _stage_plan(cfg, datasets: dict) -> tuple[dict, set]:
     return out, {k for _, kinds in out.values() for k in kinds}
 
 
-#: Share of a stage's pairs that a pass kind sees (the calibration pilot: every 32nd row against the others).
-_PASS_SHARE = {"pilot": 2 / 32}
-
-
 def _measure_engine(dim: int, rows: int = 4096, cols: int = 8192) -> dict:
     """Pairs per second of each pass kind on this machine (random unit vectors, second call timed)."""
     rng = np.random.default_rng(0)
@@ -232,16 +228,12 @@ def _measure_engine(dim: int, rows: int = 4096, cols: int = 8192) -> dict:
     b = a[: cols // 2].repeat(2, axis=0)
     lab = np.arange(rows) // 8
     bins = Bins(-1.01, 1.01, 1 << 16)
-    taus = np.linspace(0.05, 0.2, 24).astype(np.float32)  # calibration: ~24 thresholds, 2-4 brackets collected
-    wanted = np.zeros(7, bool)
-    wanted[[2, 5]] = True
+    mask = np.zeros(1 << 16, bool)
+    mask[[40000, 41000]] = True
     kinds = {
         "histogram": (a, a, PassSpec(pairs="upper", labels=True, nbins=1 << 16, moments=True), PassParams(bins=bins)),
-        "pilot": (a, b, PassSpec(labels=True, nbins=1 << 16), PassParams(bins=bins)),
-        "calib_counts": (a, a, PassSpec(pairs="upper", labels=True, n_taus=24), PassParams(taus=taus)),
-        "calib_collect": (a, a, PassSpec(pairs="upper", labels=True, n_taus=6, collect_taus=True, collect_cap=1 << 18),
-                          PassParams(taus=np.asarray([0.1, 0.101, 0.13, 0.1301, 0.16, 0.1601], np.float32),
-                                     collect_bins=wanted)),
+        "collect": (a, a, PassSpec(pairs="upper", labels=True, nbins=1 << 16, collect_cap=1 << 18),
+                    PassParams(bins=bins, collect_bins=mask)),
         "scan": (a, b, PassSpec(row_k=10, col_k=10, n_taus=4, nbins=256, moments=True),
                  PassParams(taus=np.asarray([0.1, 0.2, 0.3, 0.4], np.float32), bins=Bins(-1.01, 1.01, 256))),
         "topk_both": (a, b, PassSpec(row_k=10, col_k=10), PassParams()),
@@ -249,7 +241,7 @@ def _measure_engine(dim: int, rows: int = 4096, cols: int = 8192) -> dict:
     }
     out = {}
     for kind, (x, y, spec, params) in kinds.items():
-        kw = {"row_labels": lab, "col_labels": np.arange(y.shape[0]) // 8} if spec.labels else {}
+        kw = {"row_labels": lab} if spec.labels else {}
         for _ in range(2):
             t = time.perf_counter()
             tile_pass(x, x if spec.pairs == "upper" else y, spec, params, **kw)

@@ -8,12 +8,12 @@ most ``m`` impostors match (exactly ``m`` without ties), and ``tau`` equals
 Two sources of impostor scores:
 
 * :func:`calibrate_embeddings`: ALL pairs of different identities of a labelled real embedding set, counted by
-  the tile engine (no N x N matrix, no histogram of every pair): a pilot histogram of a row sample places a few
-  thresholds around each wanted order statistic (and the EER point); a counting pass measures the exact number
-  of pairs above each; a collecting pass gathers the exact scores between the two thresholds that bracket each
-  wanted quantity (a bracket still too wide is split by another counting pass first). Usually three passes, the
-  first over ~6% of the pairs; every count exact. Genuine pairs (same identity) give the FNMR at each tau, the
-  EER and d'.
+  the tile engine (``pairs.histogram``: 2^16 bins, exact counts, no N x N matrix); the exact tau is found by
+  collecting the exact scores of the one bin that holds the order statistic (after a second histogram inside
+  that bin when it is crowded). Two passes over all pairs in the usual case: the histogram, then one collection
+  pass for every FMR and fixed threshold together; the counts above each threshold follow exactly from the
+  histogram plus the collected scores of the threshold's bin (bins are monotone in the score). Genuine pairs
+  (same identity) give the FNMR at each tau, the EER and d'.
 * :func:`calibrate_scores`: explicit impostor (and genuine) score arrays, e.g. the pairs of a verification bin
   (LFW 6,000 pairs).
 """
@@ -28,7 +28,6 @@ import numpy as np
 from absl import logging
 
 from synleak_jax.attack import pairs, stats
-from synleak_jax.search.engine import RowSubset, as_source
 from synleak_jax import units
 
 
@@ -129,6 +128,15 @@ def exact_order_statistic_desc(values: np.ndarray, r: int) -> float:
     return float(np.partition(v, v.size - r)[v.size - r])
 
 
+def _locate(counts: np.ndarray, r: int) -> tuple[int, int]:
+    """Bin holding the r-th largest item and the rank of that item inside its bin (1-based, from the top)."""
+    cum = np.cumsum(counts[::-1])
+    k = int(np.searchsorted(cum, r))  # first k with cum[k] >= r
+    b = counts.size - 1 - k
+    above = int(cum[k] - counts[b])
+    return b, r - above
+
+
 def exact_eer_of_pairs(x, labels, metric: str, bins: "pairs.Bins", hist: "pairs.PairHistogram", *, y=None,
                        y_labels=None, collect_cap: int = 1 << 20, mesh=None) -> float | None:
     """The exact EER of all genuine/impostor pairs whose ``hist`` (over ``bins``) is given: the bin holding the
@@ -156,105 +164,14 @@ def exact_eer_of_pairs(x, labels, metric: str, bins: "pairs.Bins", hist: "pairs.
     return stats.eer_from_bin(n_imp, n_gen, imp_hi, gen_hi, sc[~gen], sc[gen]).eer
 
 
+def _coarsen(h: np.ndarray, factor: int) -> np.ndarray:
+    return h.reshape(-1, factor).sum(1)
+
+
 def _bin_of(value: float, bins: pairs.Bins) -> int:
     """The bin of a score, computed with the engine's float32 formula (so it agrees with every pass)."""
     lo, inv_w = np.float32(bins.lo), np.float32(bins.inv_width)
     return int(np.clip(np.floor((np.float32(value) - lo) * inv_w), 0, bins.nbins - 1))
-
-
-#: The pilot: every PILOT_STRIDE-th row against all rows (about 2 / PILOT_STRIDE of the pairs, histogrammed).
-PILOT_STRIDE = 32
-#: Sets up to this many rows get a pilot over every row (then the pilot is the exact histogram, counted twice).
-PILOT_ALL_ROWS = 4096
-#: Thresholds proposed per wanted quantity in each counting pass.
-PROPOSALS = 8
-#: Counting passes at most before the brackets are collected whatever their size.
-MAX_ROUNDS = 6
-
-
-@dataclasses.dataclass
-class _Pilot:
-    """Estimated (scaled) counts of pairs above each edge of ``bins`` from a row sample; plot histograms."""
-
-    bins: pairs.Bins
-    impostor: np.ndarray  # int64 [nbins] sampled counts
-    genuine: np.ndarray
-    imp_above: np.ndarray  # float64 [nbins + 1] estimated impostor pairs (of all) at or above each edge
-    gen_above: np.ndarray
-    stride: int
-
-
-def _pilot(embeddings, labels, metric: str, bins: pairs.Bins, n_imp: int, n_gen: int, mesh) -> _Pilot:
-    """Histogram of a systematic row sample (every stride-th row) against the other rows (no self pairs; the
-    pairs inside the sample are left out), each count scaled by the exact totals (known from the labels). An
-    estimate that places the thresholds of the exact passes; sets up to PILOT_ALL_ROWS rows get the exact
-    histogram of all their pairs instead."""
-    src = as_source(embeddings, "embeddings")
-    n = src.n
-    if n <= PILOT_ALL_ROWS:
-        h, stride = pairs.histogram(src, labels, metric, bins, mesh=mesh, with_moments=False), 1
-    else:
-        stride = PILOT_STRIDE
-        rows = np.arange(0, n, stride)
-        others = np.setdiff1d(np.arange(n), rows)
-        lab = None if labels is None else np.asarray(labels)
-        h = pairs.histogram(RowSubset(src.x, rows), None if lab is None else lab[rows], metric, bins,
-                            y=RowSubset(src.x, others), y_labels=None if lab is None else lab[others], mesh=mesh,
-                            with_moments=False)
-
-    def scaled_above(hist, total):
-        cum = np.concatenate([np.cumsum(hist[::-1])[::-1], [0]]).astype(np.float64)
-        return cum * (total / cum[0]) if cum[0] else np.zeros_like(cum)
-
-    return _Pilot(bins, h.impostor, h.genuine, scaled_above(h.impostor, n_imp), scaled_above(h.genuine, n_gen),
-                  stride)
-
-
-class _Counts:
-    """Exact (impostor, genuine) counts of pairs with score > t at every threshold measured so far."""
-
-    def __init__(self, n_imp: int, n_gen: int):
-        self.n_imp, self.n_gen = n_imp, n_gen
-        self.at = {float("-inf"): (n_imp, n_gen), float("inf"): (0, 0)}
-
-    def bracket(self, below) -> tuple[float, float]:
-        """The consecutive measured thresholds (lo, hi) with ``below(counts at lo)`` true and at hi false
-        (``below`` is monotone: true at -inf, false at +inf)."""
-        ts = sorted(self.at)
-        lo = max(t for t in ts if below(self.at[t]))
-        hi = min(t for t in ts if t > lo)
-        return lo, hi
-
-    def pairs_between(self, lo: float, hi: float) -> int:
-        return sum(self.at[lo]) - sum(self.at[hi])
-
-
-def _proposals_for_rank(above: np.ndarray, edges32: np.ndarray, rank: float, rel: float) -> list[float]:
-    """Thresholds whose estimated count above brackets ``rank`` at relative distances around ``rel``."""
-    out = []
-    for m in (-8.0, -3.0, -1.2, -0.4, 0.4, 1.2, 3.0, 8.0)[: PROPOSALS]:
-        q = rank * (1.0 + m * rel)
-        e = int(np.searchsorted(-above, -q, side="right")) - 1  # last edge with estimated count >= q
-        if 0 <= e < edges32.size:
-            out.append(float(edges32[e]))
-    return out
-
-
-def _split(lo: float, hi: float, pilot: _Pilot, edges32: np.ndarray) -> list[float]:
-    """PROPOSALS thresholds inside (lo, hi) splitting its estimated pairs evenly (pilot), else its score range."""
-    inside = np.nonzero((edges32 > lo) & (edges32 < hi))[0]
-    mass = pilot.imp_above + pilot.gen_above
-    if inside.size > PROPOSALS:
-        m = mass[inside]
-        qs = m[0] + (m[-1] - m[0]) * (np.arange(1, PROPOSALS + 1) / (PROPOSALS + 1))
-        picks = {int(inside[min(inside.size - 1, int(np.searchsorted(-m, -q, side="right")))]) for q in qs}
-        out = [float(edges32[e]) for e in sorted(picks)]
-        if len(out) >= 2:
-            return out
-    a = max(lo, float(edges32[0]))
-    b = min(hi, float(edges32[-1]))
-    return [float(v) for v in np.float32(a + (b - a) * np.arange(1, PROPOSALS + 1) / (PROPOSALS + 1))
-            if lo < v < hi]
 
 
 def calibrate_embeddings(
@@ -264,7 +181,7 @@ def calibrate_embeddings(
     *,
     metric: str,
     nbins: int = 1 << 16,
-    collect_cap: int = 1 << 22,
+    collect_cap: int = 1 << 20,
     plot_bins: int = 256,
     fixed_thresholds: dict[str, float] | None = None,
     note: str = "",
@@ -272,131 +189,136 @@ def calibrate_embeddings(
 ) -> Calibration:
     """Exact thresholds from all impostor pairs of a labelled real set.
 
-    The order statistics are found without a histogram of every pair (whose scatter-add costs more than the
-    matmul on CPU, BENCHMARKS.md): a pilot (every 32nd row against all rows, histogrammed) estimates where each
-    wanted quantity lies (the rank of every FMR's tau, the EER crossing); one counting pass measures the exact
-    numbers of pairs above a few thresholds around each estimate (``n_taus``: comparisons only); one collecting
-    pass gathers the exact scores between the two thresholds that bracket each quantity. Every count is exact
-    and checked: when a bracket is too wide (the pilot was off), it is split by another counting pass, never
-    guessed. Results are identical for any mesh.
-
     Args:
       embeddings: float32 ``[N, D]`` (array, store ``.embeddings`` or Source); L2-normalised for cosine matchers.
       labels: int ``[N]`` identity labels, or None (every image its own identity: all pairs are impostors; state
         that caveat in the report — same-person pairs then inflate tau, making the audit conservative).
       fmrs: target false match rates.
       metric: "cosine" or "euclidean".
-      nbins: bins of the pilot histogram; collect_cap: most pairs a bracket may hold before it is split further.
-      plot_bins: bins of the plot histograms (from the pilot: a systematic row sample for sets over 4,096 rows).
+      nbins: bins of the first histogram; collect_cap: largest bin collected directly (else refined first).
       fixed_thresholds: extra published thresholds in native units (e.g. {"dlib published 0.6": 0.6}); their
         achieved FMR/FNMR are measured exactly.
       mesh: the engine's mesh (default: every device of every process); results are identical for any mesh.
     """
-    src = as_source(embeddings, "embeddings")
-    n = src.n
-    n_imp, n_gen = pairs.pair_counts(labels, n)
+    n = int(embeddings.shape[0])
+    bins = pairs.Bins(*pairs.score_range(embeddings, None, metric), nbins)
+    logging.info("calibration: %d images, %d pairs, %d-bin histogram", n, n * (n - 1) // 2, nbins)
+    hist = pairs.histogram(embeddings, labels, metric, bins, mesh=mesh, progress="calibration histogram")
+    n_imp, n_gen = hist.n_impostor, hist.n_genuine
     check_fmrs(fmrs, n_imp)
-    bins = pairs.Bins(*pairs.score_range(src, None, metric), nbins)
-    logging.info("calibration: %d images, %d impostor and %d genuine pairs", n, n_imp, n_gen)
-    pilot = _pilot(src, labels, metric, bins, n_imp, n_gen, mesh)
-    edges32 = bins.edges().astype(np.float32)
-    known = _Counts(n_imp, n_gen)
+    imp_cum = np.concatenate([np.cumsum(hist.impostor[::-1])[::-1], [0]])  # pairs in bins >= b
+    gen_cum = np.concatenate([np.cumsum(hist.genuine[::-1])[::-1], [0]])
+
+    fmr_targets = [_locate(hist.impostor, impostors_allowed(f, n_imp) + 1) for f in fmrs]  # (bin, rank in bin)
     fixed = dict(fixed_thresholds or {})
-    fixed_taus = [float(np.float32(units.from_native(metric, v))) for v in fixed.values()]
-
-    def eer_side(c) -> bool:  # FMR - FNMR >= 0 at this threshold (integers: exact)
-        return c[0] * n_gen - (n_gen - c[1]) * n_imp >= 0
-
-    wanted = {f"fmr {f:g}": (lambda c, r=impostors_allowed(f, n_imp) + 1: c[0] >= r) for f in fmrs}
-    if n_gen:
-        wanted["eer"] = eer_side
-    # First proposals: around each estimate, at distances set by the pilot's sample size.
-    proposals = set(fixed_taus)
-    scale_i = n_imp / max(int(pilot.impostor.sum()), 1)  # pairs of the set per pilot pair
-    for f in fmrs:
-        r = impostors_allowed(f, n_imp) + 1
-        rel = min(0.3, 3.0 / math.sqrt(max(r / max(scale_i, 1e-12), 1.0)) + 0.005)
-        proposals.update(_proposals_for_rank(pilot.imp_above, edges32, r, rel))
-    if n_gen:
-        d = pilot.imp_above / n_imp - (1.0 - pilot.gen_above / n_gen)
-        e = int(np.searchsorted(-d, 0.0, side="right")) - 1
-        r_eer = max(float(pilot.imp_above[max(e, 0)]), 1.0)
-        rel = min(0.3, 3.0 / math.sqrt(max(min(r_eer / max(scale_i, 1e-12), pilot.genuine.sum()), 1.0)) + 0.02)
-        proposals.update(_proposals_for_rank(pilot.imp_above, edges32, r_eer, rel))
-    moments = None
-    for round_ in range(MAX_ROUNDS):
-        new = sorted(t for t in proposals if t not in known.at)
-        if new or moments is None:
-            _, totals, sums = pairs.counts_and_moments(
-                src, labels, metric, new, mesh=mesh, moments=moments is None,
-                progress=f"calibration: counts above {len(new)} thresholds (round {round_ + 1})")
-            moments = sums if sums is not None else moments
-            for t, (ci, cg) in zip(new, totals.tolist()):
-                known.at[t] = (int(ci), int(cg))
-        brackets = {name: known.bracket(below) for name, below in wanted.items()}
-        wide = [(lo, hi) for lo, hi in set(brackets.values()) if known.pairs_between(lo, hi) > collect_cap]
-        if not wide:
-            break
-        proposals = {t for lo, hi in wide for t in _split(lo, hi, pilot, edges32)}
-        if not proposals:
-            break
-    # One collecting pass: the exact scores between the two thresholds of every bracket.
-    edges = sorted({t for br in brackets.values() for t in br})
-    intervals = {br: edges.index(br[1]) for br in set(brackets.values())}
-    expected = sum(known.pairs_between(*br) for br in intervals)
-    sc, _, gen, totals = pairs.collect_between(src, labels, metric, edges, sorted(intervals.values()), expected,
-                                               mesh=mesh, progress="calibration: exact scores of the brackets")
-    for t, (ci, cg) in zip(edges, totals.tolist()):
-        if known.at[t] != (int(ci), int(cg)):
-            raise RuntimeError(f"internal: counts above {t} differ between passes: {known.at[t]} vs {(ci, cg)}")
-    got = {br: ((sc > np.float32(br[0])) & (sc <= np.float32(br[1]))) for br in intervals}
-
+    fixed_taus = [float(units.from_native(metric, v)) for v in fixed.values()]
+    # The EER point (exact, docs/statistics.md): the bin where FMR - FNMR changes sign joins the collection.
+    eer_loc = stats.eer_locate(hist.impostor, hist.genuine) if n_gen else None
+    eer_bins = [eer_loc.bin] if eer_loc is not None and eer_loc.bin is not None else []
+    # Crowded bins get a histogram inside them first (a restricted pass), then only sub-bins are collected.
+    refined: dict[int, tuple[pairs.Bins, pairs.PairHistogram] | None] = {}
+    for b in [b for b, _ in fmr_targets] + [_bin_of(tau, bins) for tau in fixed_taus] + eer_bins:
+        if b not in refined:
+            refined[b] = None
+            if int(hist.impostor[b] + hist.genuine[b]) > collect_cap:
+                sub = bins.sub(b)
+                refined[b] = (sub, pairs.histogram(embeddings, labels, metric, sub, restrict=(bins, b), mesh=mesh))
+    where = []  # per FMR: (bin, sub-bin or -1, rank inside it, impostors above it, genuine above it)
+    collect_plan: dict[tuple, int] = {}  # (bin, sub-bin or -1) -> expected pairs
+    for b, r in fmr_targets:
+        if refined[b] is None:
+            collect_plan[(b, -1)] = int(hist.impostor[b] + hist.genuine[b])
+            where.append((b, -1, r, int(imp_cum[b + 1]), int(gen_cum[b + 1])))
+        else:
+            sub, h2 = refined[b]
+            b2, r2 = _locate(h2.impostor, r)
+            collect_plan[(b, b2)] = int(h2.impostor[b2] + h2.genuine[b2])
+            where.append((b, b2, r2, int(imp_cum[b + 1] + h2.impostor[b2 + 1:].sum()),
+                          int(gen_cum[b + 1] + h2.genuine[b2 + 1:].sum())))
+    fixed_where = []
+    for tau in fixed_taus:
+        b = _bin_of(tau, bins)
+        if refined[b] is None:
+            collect_plan[(b, -1)] = int(hist.impostor[b] + hist.genuine[b])
+            fixed_where.append((b, -1, int(imp_cum[b + 1]), int(gen_cum[b + 1])))
+        else:
+            sub, h2 = refined[b]
+            b2 = _bin_of(tau, sub)
+            collect_plan[(b, b2)] = int(h2.impostor[b2] + h2.genuine[b2])
+            fixed_where.append((b, b2, int(imp_cum[b + 1] + h2.impostor[b2 + 1:].sum()),
+                                int(gen_cum[b + 1] + h2.genuine[b2 + 1:].sum())))
+    eer_where = None  # (bin, sub-bin or -1, impostors above it, genuine above it)
+    if eer_bins:
+        b = eer_bins[0]
+        if refined[b] is None:
+            collect_plan[(b, -1)] = int(hist.impostor[b] + hist.genuine[b])
+            eer_where = (b, -1, eer_loc.impostor_above_bin, eer_loc.genuine_above_bin)
+        else:
+            sub, h2 = refined[b]
+            sub_loc = stats.eer_locate(h2.impostor, h2.genuine, n_impostor=n_imp, n_genuine=n_gen,
+                                       impostor_above_range=eer_loc.impostor_above_bin,
+                                       genuine_above_range=eer_loc.genuine_above_bin)
+            if sub_loc.bin is None:  # exactly on a sub-bin edge: nothing to collect
+                eer_loc = sub_loc
+            else:
+                collect_plan[(b, sub_loc.bin)] = int(h2.impostor[sub_loc.bin] + h2.genuine[sub_loc.bin])
+                eer_where = (b, sub_loc.bin, sub_loc.impostor_above_bin, sub_loc.genuine_above_bin)
+    # One collection pass for all directly collected bins; one per refined bin (its sub-bins).
+    got: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+    direct = sorted(b for (b, b2) in collect_plan if b2 < 0)
+    if direct:
+        sc, rows, gen = pairs.collect(embeddings, labels, metric, bins, direct,
+                                      sum(collect_plan[(b, -1)] for b in direct), mesh=mesh,
+                                      progress="calibration: exact scores of the threshold bins")
+        bin_of = np.clip(np.floor((sc - np.float32(bins.lo)) * np.float32(bins.inv_width)), 0,
+                         bins.nbins - 1).astype(np.int64)
+        for b in direct:
+            got[(b, -1)] = (sc[bin_of == b], gen[bin_of == b])
+    for b in sorted({b for (b, b2) in collect_plan if b2 >= 0}):
+        sub, _ = refined[b]
+        subs = sorted(b2 for (bb, b2) in collect_plan if bb == b and b2 >= 0)
+        sc, rows, gen = pairs.collect(embeddings, labels, metric, sub, subs,
+                                      sum(collect_plan[(b, b2)] for b2 in subs), restrict=(bins, b), mesh=mesh)
+        sb = np.clip(np.floor((sc - np.float32(sub.lo)) * np.float32(sub.inv_width)), 0,
+                     sub.nbins - 1).astype(np.int64)
+        for b2 in subs:
+            got[(b, b2)] = (sc[sb == b2], gen[sb == b2])
     thresholds = []
-    for f in fmrs:
-        lo, hi = brackets[f"fmr {f:g}"]
-        sel = got[(lo, hi)]
-        imp_in, gen_in = sc[sel & ~gen], sc[sel & gen]
-        ia_hi, ga_hi = known.at[hi]
-        tau = exact_order_statistic_desc(imp_in, impostors_allowed(f, n_imp) + 1 - ia_hi)
-        ia = ia_hi + int((imp_in > tau).sum())
-        ga = ga_hi + int((gen_in > tau).sum())
+    for (b, b2, r, imp_hi, gen_hi), f in zip(where, fmrs):  # noqa: B007
+        sc, gen = got[(b, b2)]
+        tau = exact_order_statistic_desc(sc[~gen], r)
+        ia = imp_hi + int((sc[~gen] > tau).sum())
+        ga = gen_hi + int((sc[gen] > tau).sum())
         thresholds.append(Threshold(
             fmr=float(f), tau=float(tau), tau_native=float(units.to_native(metric, tau)),
             impostors_allowed=impostors_allowed(f, n_imp), impostors_above=ia, achieved_fmr=ia / n_imp,
             fnmr=(n_gen - ga) / n_gen if n_gen else None))
-    for name, tau in zip(fixed, fixed_taus):
-        ia, ga = known.at[tau]
+    for (b, b2, imp_hi, gen_hi), name, tau in zip(fixed_where, fixed, fixed_taus):
+        sc, gen = got[(b, b2)]
+        tau32 = float(np.float32(tau))
+        ia = imp_hi + int((sc[~gen] > np.float32(tau)).sum())
+        ga = gen_hi + int((sc[gen] > np.float32(tau)).sum())
         thresholds.append(Threshold(
-            fmr=ia / n_imp, tau=tau, tau_native=float(fixed[name]), impostors_allowed=ia, impostors_above=ia,
+            fmr=ia / n_imp, tau=tau32, tau_native=float(fixed[name]), impostors_allowed=ia, impostors_above=ia,
             achieved_fmr=ia / n_imp, fnmr=(n_gen - ga) / n_gen if n_gen else None, source=name))
+    plot = hist.coarsen(plot_bins)
+    mi, si = hist.moments("impostor")
+    mg, sg = hist.moments("genuine")
     eer = None
-    if n_gen:
-        lo, hi = brackets["eer"]
-        sel = got[(lo, hi)]
-        ia_hi, ga_hi = known.at[hi]
-        eer = stats.eer_from_bin(n_imp, n_gen, ia_hi, ga_hi, sc[sel & ~gen], sc[sel & gen]).eer
-    mi, si = _mean_std(moments[0], n_imp)
-    mg, sg = _mean_std(moments[1], n_gen)
-    sampled = pairs.PairHistogram(bins, pilot.impostor, pilot.genuine, moments).coarsen(plot_bins)
-    sample_note = ("every pair" if pilot.stride == 1 else
-                   f"a systematic sample: every {pilot.stride}th row against the other rows")
+    if eer_where is not None:
+        b, b2, imp_hi, gen_hi = eer_where
+        sc, gen = got[(b, b2)]
+        eer = stats.eer_from_bin(n_imp, n_gen, imp_hi, gen_hi, sc[~gen], sc[gen]).eer
+    elif eer_loc is not None:
+        eer = eer_loc.result.eer
     return Calibration(
         metric=metric, n_impostor=n_imp, n_genuine=n_gen, thresholds=thresholds,
         eer=eer, impostor_mean=mi, impostor_std=si,
         genuine_mean=mg if n_gen else None, genuine_std=sg if n_gen else None,
-        hist_edges=sampled.bins.edges(), hist_impostor=sampled.impostor, hist_genuine=sampled.genuine,
-        method=f"all {n_imp:,} impostor pairs (different identities) of {n:,} real images: exact counts above "
-               f"thresholds placed by a pilot, then the exact scores between the two that bracket each tau and "
-               f"the EER (plot histograms: {sample_note})",
+        hist_edges=plot.bins.edges(), hist_impostor=plot.impostor, hist_genuine=plot.genuine,
+        method=f"all {n_imp:,} impostor pairs (different identities) of {n:,} real images, exact histogram "
+               f"({nbins} bins) + exact scores of the threshold and EER bins",
         note=note)
-
-
-def _mean_std(sums: np.ndarray, n: int) -> tuple[float, float]:
-    """(mean, population std) from float64 (sum s, sum s^2) of n scores (NaN when n is 0)."""
-    if n == 0:
-        return float("nan"), float("nan")
-    mu = sums[0] / n
-    return float(mu), math.sqrt(max(sums[1] / n - mu * mu, 0.0))
 
 
 def calibrate_scores(

@@ -9,8 +9,6 @@ matchers, minus the Euclidean distance for Euclidean ones, computed in float32.
   histogram, for refining), exact counts and float64-summed moments;
 * :func:`collect`: the exact float32 scores of the pairs in chosen bins (with their row and class);
 * :func:`count_above`: exact per-row and total counts of pairs with score > tau;
-* :func:`collect_between`: the exact scores of the pairs between chosen consecutive thresholds (and the counts
-  above every threshold, from the same pass);
 * :func:`pair_counts`: how many impostor / genuine pairs a labelled set has (from the labels alone).
 
 The same bin formula runs in every pass (``search.engine.Bins``), so a bin holds the same pairs in all of them.
@@ -27,8 +25,8 @@ import numpy as np
 from synleak_jax import units
 from synleak_jax.search.engine import Bins, CollectOverflow, PassParams, PassSpec, Source, as_source, tile_pass
 
-__all__ = ["Bins", "PairHistogram", "histogram", "collect", "collect_between", "count_above", "pair_counts",
-           "score_range", "pair_scores_np"]
+__all__ = ["Bins", "PairHistogram", "histogram", "collect", "count_above", "pair_counts", "score_range",
+           "pair_scores_np"]
 
 
 def engine_score(metric: str) -> str:
@@ -165,28 +163,24 @@ def _cols(x, y):
 
 
 def histogram(x, labels, metric: str, bins: Bins, *, y=None, y_labels=None, restrict: tuple[Bins, int] | None = None,
-              mesh=None, progress: str = "", with_moments: bool = True) -> PairHistogram:
+              mesh=None, progress: str = "") -> PairHistogram:
     """Exact genuine/impostor counts of every pair (i < j of ``x``, or x x y) in ``bins``.
 
     Args:
       x, y: [n, D] embeddings (arrays, stores' ``.embeddings``, Sources); labels, y_labels: int [n] or None
         (no labels: every pair an impostor). restrict: only pairs in bin b of a coarser histogram with the same
-        nbins (refinement). with_moments: False leaves ``sums`` NaN (a pilot that needs only the counts).
+        nbins (refinement).
     """
     labelled = labels is not None and (y is None or y_labels is not None)
     xs = as_source(x, "embeddings")
     # Inner products: moments from the embeddings (cosine_moments), not from the pass; distances: in the pass.
-    in_pass = with_moments and metric != "cosine"
+    in_pass = metric != "cosine"
     spec = _spec(y, labelled, metric, nbins=bins.nbins, restrict=restrict is not None, moments=in_pass)
     res = tile_pass(xs, xs if y is None else _cols(x, y), spec, PassParams(bins=bins, restrict=restrict),
                     mesh=mesh, row_labels=labels if labelled else None, col_labels=y_labels if labelled else None,
                     progress=progress)
-    if not with_moments:
-        sums = np.full((2, 2), np.nan)
-    elif in_pass:
-        sums = res.moments
-    else:
-        sums = cosine_moments(xs, labels if labelled else None, y=y, y_labels=y_labels if labelled else None)
+    sums = res.moments if in_pass else cosine_moments(xs, labels if labelled else None, y=y,
+                                                       y_labels=y_labels if labelled else None)
     return PairHistogram(bins, res.hist[0], res.hist[1], sums)
 
 
@@ -230,63 +224,17 @@ def pair_counts(labels, n: int) -> tuple[int, int]:
     return total - genuine, genuine
 
 
-def collect_between(x, labels, metric: str, taus, wanted, expected: int, *, y=None, y_labels=None, mesh=None,
-                    progress: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The exact float32 scores of the pairs in the wanted intervals of the ascending thresholds ``taus`` [T]
-    (interval i: ``taus[i-1] < s <= taus[i]``; 0 below all, T above all), ``expected`` of them (known from a
-    counts pass; sizes the buffer), plus the totals int64 [T, 2] (impostor, genuine) of score > tau from the
-    same pass. Returns (scores float32 [m], rows int64 [m], genuine bool [m], totals), sorted by (row, score)."""
-    labelled = labels is not None and (y is None or y_labels is not None)
-    taus = np.asarray(taus, np.float32).reshape(-1)
-    mask = np.zeros(taus.size + 1, bool)
-    mask[list(wanted)] = True
-    cap = 1 << max(4, int(math.ceil(math.log2(max(expected, 1)))))
-    xs = as_source(x, "embeddings")
-    while True:
-        spec = _spec(y, labelled, metric, n_taus=taus.size, collect_cap=cap, collect_taus=True)
-        try:
-            res = tile_pass(xs, xs if y is None else _cols(x, y), spec, PassParams(taus=taus, collect_bins=mask),
-                            mesh=mesh, row_labels=labels if labelled else None,
-                            col_labels=y_labels if labelled else None, progress=progress)
-            break
-        except CollectOverflow as e:  # cannot happen when ``expected`` is right; stay correct anyway
-            cap = 1 << int(math.ceil(math.log2(e.needed)))
-    scores, rows, cls = res.collected
-    if scores.size != expected:
-        raise RuntimeError(f"internal: collected {scores.size} scores in the wanted intervals, the counts said "
-                           f"{expected}")
-    return scores, rows, cls.astype(bool), res.counts.sum(axis=0)
-
-
 def count_above(x, labels, metric: str, taus, *, y=None, y_labels=None, mesh=None, progress: str = ""
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact counts of pairs with score > tau for each tau: per row int64 [n, T, 2] ((impostor, genuine)) and
     totals int64 [T, 2]."""
-    per_row, totals, _ = counts_and_moments(x, labels, metric, taus, y=y, y_labels=y_labels, mesh=mesh,
-                                            progress=progress, moments=False)
-    return per_row, totals
-
-
-def counts_and_moments(x, labels, metric: str, taus, *, y=None, y_labels=None, mesh=None, progress: str = "",
-                       moments: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """:func:`count_above` plus, with ``moments``, the float64 [2, 2] (impostor, genuine) x (sum s, sum s^2)
-    of every pair: from the embeddings for inner products (:func:`cosine_moments`), in the same pass for
-    distances. Returns (per-row counts [n, T, 2], totals [T, 2], moments or None)."""
     labelled = labels is not None and (y is None or y_labels is not None)
     taus = np.asarray(taus, np.float32).reshape(-1)
     xs = as_source(x, "embeddings")
-    in_pass = moments and metric != "cosine"
-    if taus.size == 0 and not in_pass:
-        per_row, totals = np.zeros((xs.n, 0, 2), np.int64), np.zeros((0, 2), np.int64)
-    else:
-        spec = _spec(y, labelled, metric, n_taus=len(taus), moments=in_pass)
-        res = tile_pass(xs, xs if y is None else _cols(x, y), spec, PassParams(taus=taus if taus.size else None),
-                        mesh=mesh, row_labels=labels if labelled else None,
-                        col_labels=y_labels if labelled else None, progress=progress)
-        per_row = res.counts if taus.size else np.zeros((xs.n, 0, 2), np.int64)
-        totals = per_row.sum(axis=0)
-    sums = None
-    if moments:
-        sums = res.moments if in_pass else cosine_moments(xs, labels if labelled else None, y=y,
-                                                           y_labels=y_labels if labelled else None)
-    return per_row, totals, sums
+    if taus.size == 0:
+        return np.zeros((xs.n, 0, 2), np.int64), np.zeros((0, 2), np.int64)
+    spec = _spec(y, labelled, metric, n_taus=len(taus))
+    res = tile_pass(xs, xs if y is None else _cols(x, y), spec, PassParams(taus=taus), mesh=mesh,
+                    row_labels=labels if labelled else None, col_labels=y_labels if labelled else None,
+                    progress=progress)
+    return res.counts, res.counts.sum(axis=0)

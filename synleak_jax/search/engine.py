@@ -8,8 +8,7 @@ score tile, applies the reductions its :class:`PassSpec` names:
 * ``n_taus``: per-row counts of pairs with score > tau, for each tau, split into impostor / genuine pairs;
 * ``nbins``: a histogram of the scores (impostor / genuine), optionally restricted to one bin of a coarser one;
 * ``moments``: per-row sums of scores and squared scores (impostor / genuine);
-* ``collect_cap``: the exact scores (with their row and class) whose histogram bin is flagged, or (with
-  ``collect_taus``) whose interval between consecutive taus is flagged;
+* ``collect_cap``: the exact scores (with their row and class) whose histogram bin is flagged;
 * ``screen_t``: the bf16 group-maximum screen of the certified top-k (``certified.py``).
 
 Layout over devices (one device is the trivial mesh; several processes are one global mesh): the mesh has one
@@ -257,9 +256,6 @@ class PassSpec:
       rows) whose global index is a multiple of it — a stated, systematic subset for plots (1 = every pair).
     moments: per-row sums of s and s^2.
     collect_cap: capacity of the per-device, per-step buffer of collected scores (0 = off).
-    collect_taus: collect by the intervals of the (ascending) taus instead of histogram bins: interval i is
-      ``taus[i-1] < s <= taus[i]`` (interval 0 below every tau, interval n_taus above every tau), flagged by
-      PassParams.collect_bins [n_taus + 1]; the interval index is the one the counts already compute.
     screen_t, group: the certified bf16 screen keeps the screen_t + 1 largest maxima of groups of ``group``
       consecutive columns per row (0 = off).
     """
@@ -278,7 +274,6 @@ class PassSpec:
     restrict: bool = False
     moments: bool = False
     collect_cap: int = 0
-    collect_taus: bool = False
     screen_t: int = 0
     group: int = 16
 
@@ -293,10 +288,8 @@ class PassSpec:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
         if self.pairs == "upper" and (self.row_k or self.col_k or self.screen_t):
             raise ValueError("top-k lists are not defined for pairs='upper'")
-        if self.collect_taus and (not self.n_taus or not self.collect_cap or self.nbins):
-            raise ValueError("collect_taus needs n_taus and collect_cap, and no histogram (nbins=0)")
-        if self.collect_cap and not (self.nbins or self.collect_taus):
-            raise ValueError("collecting needs a histogram geometry (nbins) or collect_taus")
+        if self.collect_cap and not self.nbins:
+            raise ValueError("collecting needs a histogram geometry (nbins)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -467,7 +460,7 @@ def _bin_index(s, lo, inv_w, nbins: int):
 
 
 #: Rows of a tile compacted in the sparse path of :func:`_collect` (more flagged rows take the dense path).
-COLLECT_ROWS = 32
+COLLECT_ROWS = 128  # 32 -> 128: collection pass 14.2 -> 7.3 s (40k-row calibration; 256: 8.8 s), BENCHMARKS.md
 
 
 def _collect(flag, s, qid, gen, cbuf, crow, ccls, fill, cap: int):
@@ -589,7 +582,7 @@ def _device_step(spec: PassSpec, blocks: Blocks, x, rid, rlab, rsq, cx, clab, cs
             # taus ascend (tile_pass sorts them): the number of taus below s is the interval of s ([bq, bdb] in
             # [0, T]), and one scatter-add per tile into per-(row, class, interval) counts gives every count; a
             # suffix sum turns them into counts above each tau. Summing a compare per tau over [T, bq, bdb]
-            # instead ran at 1.4e7 pairs/s with T = 28 (a 40k-image calibration); this at 6.8e7 (1.1e8 with T = 1;
+            # instead ran at 1.4e7 pairs/s with T = 28 (upper pass, 40k rows); this at 6.8e7 (1.1e8 with T = 1;
             # numpy's matmul alone: 1.5e8), measured on the 2-core CPU. A binary search for the interval
             # (jnp.searchsorted "scan_unrolled") measured the same inside the pass.
             interval = jnp.sum((s[:, :, None] > taus).astype(jnp.int32), axis=-1)
@@ -598,9 +591,6 @@ def _device_step(spec: PassSpec, blocks: Blocks, x, rid, rlab, rsq, cx, clab, cs
                 valid.reshape(-1).astype(jnp.int32)).reshape(bq, 2, T + 1)
             above = jnp.cumsum(per[:, :, ::-1], axis=2)[:, :, T - 1::-1]  # [bq, 2, T]: pairs with s > taus[t]
             rc = rc + above.transpose(0, 2, 1)
-            if spec.collect_taus:  # cmask [T + 1] int32: the flag of each interval
-                cbuf, crow, ccls, fill = _collect((cmask[interval] > 0) & valid, s, qid, gen, cbuf, crow, ccls,
-                                                  fill, cap)
         if spec.moments:
             fi = imp.astype(jnp.float32)
             fg = gen.astype(jnp.float32)
@@ -838,8 +828,6 @@ def tile_pass(rows, cols, spec: PassSpec, params: PassParams | None = None, *, m
         given = np.asarray(params.taus, np.float32)
         if np.isnan(given).any():
             raise ValueError("taus must not be NaN")
-        if spec.collect_taus and np.any(np.diff(given) < 0):
-            raise ValueError("collect_taus needs ascending taus")
         tau_order = np.argsort(given, kind="stable")
         taus[:] = given[tau_order]
     nb = spec.nbins
@@ -853,11 +841,10 @@ def tile_pass(rows, cols, spec: PassSpec, params: PassParams | None = None, *, m
         rlo, rinv, rbin = params.restrict[0].lo, params.restrict[0].inv_width, int(params.restrict[1])
     else:
         rlo, rinv, rbin = 0.0, 1.0, -1
-    n_flags = T + 1 if spec.collect_taus else nb
-    cmask = np.zeros(max(n_flags, 1), bool)
+    cmask = np.zeros(max(nb, 1), bool)
     if spec.collect_cap:
-        if params.collect_bins is None or len(params.collect_bins) != n_flags:
-            raise ValueError(f"spec.collect_cap needs params.collect_bins [{'n_taus + 1' if spec.collect_taus else 'nbins'}]")
+        if params.collect_bins is None or len(params.collect_bins) != nb:
+            raise ValueError("spec.collect_cap needs params.collect_bins [nbins]")
         cmask[:] = params.collect_bins
     rlab_all = distinct_labels(row_labels if spec.labels else None, n_rows, 0)
     clab_all = rlab_all if spec.pairs == "upper" else distinct_labels(col_labels if spec.labels else None, n_cols,
@@ -874,7 +861,7 @@ def tile_pass(rows, cols, spec: PassSpec, params: PassParams | None = None, *, m
     scal = lambda v, dt: jax.device_put(np.asarray(v, dt), rep_sh)  # noqa: E731
     taus_d, hlo_d, hinv_d = scal(taus, np.float32), scal(hlo, np.float32), scal(hinv, np.float32)
     rlo_d, rinv_d, rbin_d = scal(rlo, np.float32), scal(rinv, np.float32), scal(rbin, np.int32)
-    cmask_d, ncols_d = scal(cmask, np.int32 if spec.collect_taus else bool), scal(n_cols, np.int32)
+    cmask_d, ncols_d = scal(cmask, bool), scal(n_cols, np.int32)
     euclid = spec.score == "neg_euclidean"
 
     def put_rows(arr_fn, shape, dtype):

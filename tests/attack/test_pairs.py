@@ -82,40 +82,6 @@ def test_count_above_equals_brute_force(rng, metric):
         np.testing.assert_array_equal(per_row[:, t_i, 0], want)
 
 
-@pytest.mark.parametrize("mode", ["self", "cross"])
-def test_collect_between_equals_brute_force(rng, mode):
-    """Scores in the wanted intervals of ascending thresholds (-inf and +inf allowed), with the counts above
-    every threshold from the same pass, on 1 and 8 devices."""
-    import jax
-
-    from synleak_jax.search import make_mesh
-
-    a = _quantised(rng, 140, 6)
-    la = rng.integers(0, 10, 140)
-    b = lb = None
-    if mode == "cross":
-        b = _quantised(rng, 70, 6)
-        lb = rng.integers(0, 10, 70)
-    scores, same = _brute(a, la, b, lb, "cosine")
-    taus = np.asarray([-np.inf, -0.25, 0.125, 0.3125, np.inf], np.float32)  # 0.125 and 0.3125 are k/64 scores
-    wanted = [1, 3, 4]  # (-inf, -0.25], (0.125, 0.3125], (0.3125, inf]
-    interval = (scores[:, None] > taus[None, :].astype(np.float64)).sum(1)
-    sel = np.isin(interval, wanted)
-    for mesh in (make_mesh(jax.devices()[:1]), make_mesh()):
-        sc, _, gen, totals = pairs.collect_between(a, la, "cosine", taus, wanted, int(sel.sum()), y=b, y_labels=lb,
-                                                   mesh=mesh)
-        assert sorted(zip(sc.astype(np.float64).tolist(), gen.tolist())) == \
-            sorted(zip(scores[sel].tolist(), same[sel].tolist()))
-        ref = [[int(((scores > t) & ~same).sum()), int(((scores > t) & same).sum())] for t in taus.astype(np.float64)]
-        assert totals.tolist() == ref
-
-
-def test_collect_between_checks_its_count(rng):
-    a = _quantised(rng, 40, 4)
-    with pytest.raises(RuntimeError, match="collected"):
-        pairs.collect_between(a, None, "cosine", np.asarray([0.0, 0.5], np.float32), [1], 3)
-
-
 def test_pair_counts_from_labels(rng):
     lab = rng.integers(-3, 7, 90)  # negative = unknown identity (distinct from every other image)
     iu = np.triu_indices(90, 1)

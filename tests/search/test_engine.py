@@ -110,47 +110,60 @@ def test_upper_pairs_collect_and_restrict(rng):
     assert sorted(zip(got_r.tolist(), got_s.astype(np.float64).tolist(), got_c.astype(bool).tolist())) == want
 
 
+@pytest.mark.parametrize("wide", [False, True])
+def test_collect_sparse_and_dense_tiles(rng, wide):
+    """Row blocks larger than COLLECT_ROWS: a narrow flagged bin takes the sparse path (few rows compacted), a wide
+    one the dense path; both collect exactly the brute force's pairs."""
+    from synleak_jax.search import engine
+
+    x = (rng.integers(-4, 5, size=(400, 5)) / 8.0).astype(np.float32)
+    lab = rng.integers(0, 20, 400)
+    ref = _scores64(x, x, "ip")
+    iu = np.triu_indices(400, 1)
+    sc, same = ref[iu], (lab[:, None] == lab[None, :])[iu]
+    bins = Bins(-3.1, 3.3, 8 if wide else 512)
+    idx = _bin32(sc, bins)
+    counts = np.bincount(idx, minlength=bins.nbins)
+    b = int(counts.argmax()) if wide else int(np.nonzero(counts)[0][-1])  # most crowded, or the top bin
+    flag = np.zeros(bins.nbins, bool)
+    flag[b] = True
+    rows_flagged = len(np.unique(iu[0][idx == b]))
+    assert (rows_flagged > engine.COLLECT_ROWS) == wide
+    res = tile_pass(x, x, PassSpec(pairs="upper", labels=True, nbins=bins.nbins, collect_cap=1 << 17),
+                    PassParams(bins=bins, collect_bins=flag), row_labels=lab,
+                    blocks=Blocks(bq=400, bdb=64, rows_per_device=400, chunk=None, ct=1))
+    got_s, got_r, got_c = res.collected
+    sel = idx == b
+    assert sorted(zip(got_r.tolist(), got_s.astype(np.float64).tolist(), got_c.astype(bool).tolist())) == \
+        sorted(zip(iu[0][sel].tolist(), sc[sel].tolist(), same[sel].tolist()))
+
+
 @pytest.mark.parametrize("pair_mode", ["upper", "all"])
-def test_collect_between_taus(rng, pair_mode):
-    """collect_taus: the scores in the flagged intervals of ascending taus (sparse tiles and, with a wide
-    interval, dense ones), with the counts above each tau, streamed or resident, on 1 and 8 devices."""
+def test_counts_above_taus_in_any_order(rng, pair_mode):
+    """Per-row counts above taus given in any order (duplicates, -inf, +inf, exact score values), split into
+    impostor / genuine, equal the brute force on 1 and 8 devices, resident or streamed, with super-tiles skipped
+    below the diagonal (upper)."""
     x = (rng.integers(-4, 5, size=(150, 5)) / 8.0).astype(np.float32)  # exact scores
     y = x if pair_mode == "upper" else (rng.integers(-4, 5, size=(90, 5)) / 8.0).astype(np.float32)
     lab = rng.integers(0, 9, 150)
     ylab = lab if pair_mode == "upper" else rng.integers(0, 9, 90)
     ref = _scores64(x, y, "ip")
+    same = (lab[:, None] == ylab[None, :])
     if pair_mode == "upper":
-        iu = np.triu_indices(150, 1)
-        sc, same, rows = ref[iu], (lab[:, None] == lab[None, :])[iu], iu[0]
-    else:
-        sc, same = ref.ravel(), (lab[:, None] == ylab[None, :]).ravel()
-        rows = np.repeat(np.arange(150), 90)
-    taus = np.asarray([-np.inf, -1.0, 0.0, 0.5, 0.515625, 1.5, np.inf], np.float32)
-    flags = np.zeros(8, bool)
-    flags[[2, 4, 6]] = True  # (-1, 0] (wide: dense tiles), (0.5, 0.515625] (narrow), (1.5, inf]
-    interval = (sc[:, None] > taus[None, :].astype(np.float64)).sum(1)
-    sel = flags[interval]
-    want = sorted(zip(rows[sel].tolist(), sc[sel].tolist(), same[sel].tolist()))
-    spec = PassSpec(pairs=pair_mode, labels=True, n_taus=7, collect_taus=True, collect_cap=1 << 14)
-    for ndev, chunk, bq in ((1, None, 64), (8, 32, 16)):  # bq 64 > COLLECT_ROWS: the wide interval goes dense
-        res = tile_pass(x, x if pair_mode == "upper" else y, spec, PassParams(taus=taus, collect_bins=flags),
+        ref = np.where(np.triu(np.ones_like(ref, bool), 1), ref, -np.inf)  # pairs i < j only
+    taus = np.asarray([0.5, -np.inf, 1.5, -1.0, np.inf, 0.0, 0.5, 0.515625], np.float32)
+    want = np.stack([np.stack([((ref > t) & ~same).sum(1), ((ref > t) & same).sum(1)], 1)
+                     for t in taus.astype(np.float64)], 1)  # [rows, T, 2]
+    spec = PassSpec(pairs=pair_mode, labels=True, n_taus=len(taus))
+    for ndev, chunk, bq in ((1, None, 16), (8, 32, 16), (1, 64, 32)):
+        res = tile_pass(x, x if pair_mode == "upper" else y, spec, PassParams(taus=taus),
                         row_labels=lab, col_labels=None if pair_mode == "upper" else ylab,
-                        blocks=Blocks(bq=bq, bdb=32, rows_per_device=64, chunk=chunk, ct=2),
+                        blocks=Blocks(bq=bq, bdb=32, rows_per_device=32, chunk=chunk, ct=1),
                         mesh=make_mesh(jax.devices()[:ndev]))
-        got_s, got_r, got_c = res.collected
-        assert sorted(zip(got_r.tolist(), got_s.astype(np.float64).tolist(), got_c.astype(bool).tolist())) == want
-        totals = res.counts.sum(0)
-        assert totals[:, 0].tolist() == [int(((sc > t) & ~same).sum()) for t in taus.astype(np.float64)]
-        assert totals[:, 1].tolist() == [int(((sc > t) & same).sum()) for t in taus.astype(np.float64)]
-    shuffled = taus[[3, 0, 6, 1, 5, 2, 4]]  # counts alone: any order, results in the order given
-    res = tile_pass(x, x if pair_mode == "upper" else y, PassSpec(pairs=pair_mode, labels=True, n_taus=7),
-                    PassParams(taus=shuffled), row_labels=lab, col_labels=None if pair_mode == "upper" else ylab)
-    assert res.counts.sum(0)[:, 0].tolist() == [int(((sc > t) & ~same).sum()) for t in shuffled.astype(np.float64)]
-    with pytest.raises(ValueError, match="ascending"):
-        tile_pass(x, x if pair_mode == "upper" else y, spec, PassParams(taus=taus[::-1].copy(), collect_bins=flags),
+        np.testing.assert_array_equal(res.counts, want)
+    with pytest.raises(ValueError, match="NaN"):
+        tile_pass(x, x if pair_mode == "upper" else y, spec, PassParams(taus=np.where(taus == 0.0, np.nan, taus)),
                   row_labels=lab, col_labels=None if pair_mode == "upper" else ylab)
-    with pytest.raises(ValueError, match="collect_taus needs"):
-        PassSpec(n_taus=2, collect_taus=True)
 
 
 @pytest.mark.parametrize("score", ["ip", "neg_euclidean"])
