@@ -15,7 +15,9 @@ at most, never their product).
 from __future__ import annotations
 
 import dataclasses
+import os
 
+import jax
 import numpy as np
 
 from synleak_jax import units
@@ -96,10 +98,16 @@ def scan_real_vs_synthetic(real, synthetic, *, metric: str, k: int, taus=(), plo
 
 def neighbours_both_ways(real, synthetic, *, metric: str, k: int, mesh=None, precision: str = "auto",
                          progress: str = "") -> Neighbours:
-    """Top-k both ways in the fastest exact mode: one fused float32 pass where float32 is the fastest exact
-    precision (or the metric is Euclidean), else two certified searches (``search.exact_topk``)."""
+    """Top-k both ways in the fastest exact mode: one fused float32 pass on CPUs (and for Euclidean metrics),
+    two certified searches (``search.exact_topk``) on accelerators, where bf16 units make each screen far cheaper
+    than float32. On a CPU with AVX512-BF16 (bf16 matmuls 1.6x float32) the fused pass still won, since it takes
+    both directions from one matmul of each tile: non-members 20k x synthetic 200k, 512-D, 58.7 s and 607 MB peak
+    RSS against 80.4 s and 1,229 MB for the two certified searches (BENCHMARKS.md). ``SYNLEAK_EXACT_PRECISION``
+    (or ``precision``) overrides."""
     units.check_metric(metric)
-    precision = fastest_exact_precision() if precision == "auto" else precision
+    if precision == "auto":
+        cpu = jax.default_backend() == "cpu" and not os.environ.get("SYNLEAK_EXACT_PRECISION")
+        precision = "float32" if cpu else fastest_exact_precision()
     if precision == "float32" or metric == "euclidean":
         return scan_real_vs_synthetic(real, synthetic, metric=metric, k=k, plot_bins=0, mesh=mesh,
                                       progress=progress).neighbours

@@ -13,6 +13,26 @@ def _unit(x):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
+def test_neighbours_both_ways_modes_agree(rng, monkeypatch):
+    """The fused float32 pass (CPU default) and the two certified searches (accelerators) give the same exact
+    neighbours; "auto" on CPU is the fused pass unless SYNLEAK_EXACT_PRECISION names a mode."""
+    from synleak_jax.attack import neighbours as nb_lib
+
+    real = _unit(rng.normal(size=(300, 16)))
+    syn = _unit(rng.normal(size=(250, 16)))
+    fused = neighbours_both_ways(real, syn, metric="cosine", k=5, precision="float32")
+    cert = neighbours_both_ways(real, syn, metric="cosine", k=5, precision="bf16_certified")
+    full = pairs.pair_scores_np(syn, real, "cosine")
+    for got in (fused, cert):
+        np.testing.assert_allclose(got.syn_to_real_scores, -np.sort(-full, axis=1)[:, :5], atol=2e-6)
+        np.testing.assert_allclose(got.real_to_syn_scores, -np.sort(-full.T, axis=1)[:, :5], atol=2e-6)
+    calls = []
+    monkeypatch.setattr(nb_lib, "exact_topk", lambda *a, **k: calls.append(k["precision"]) or nb_lib.exact_topk)
+    monkeypatch.delenv("SYNLEAK_EXACT_PRECISION", raising=False)
+    neighbours_both_ways(real, syn, metric="cosine", k=5)  # auto on CPU: the fused pass, no exact_topk call
+    assert calls == []
+
+
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 def test_leakage_counts_equal_brute_force(rng, metric):
     d = 10
