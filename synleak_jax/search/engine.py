@@ -879,8 +879,8 @@ def tile_pass(rows, cols, spec: PassSpec, params: PassParams | None = None, *, m
         a, b = col_plan[ci]
         if resident and G == 1:
             # The input itself when it is an aligned float32 array, else one aligned copy: either way the CPU
-            # backend uses it in place (hostmem.py) instead of copying a second time in device_put (a resident
-            # 200k x 512 set: 410 MB less at the peak). Finiteness of an input used in place: the device pass.
+            # backend uses it in place (hostmem.py), where an unaligned read buffer would be copied a second time
+            # by device_put. Finiteness of an input used in place: the device pass.
             # (Several devices get copies anyway: read() checks every row on the way.)
             blk = cs_src.aligned_host()
         else:
