@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from synleak_jax.search.engine import ROWS
@@ -115,6 +115,3 @@ def rescore_groups_fn(mesh: Mesh, ndb: int, k: int, t: int, group: int, sub: int
     return jax.jit(fn)
 
 
-def replicate(mesh: Mesh, host: np.ndarray) -> jax.Array:
-    """``host`` replicated on every device of ``mesh`` (on one CPU device an aligned float32 array is aliased)."""
-    return jax.device_put(host, NamedSharding(mesh, P()))

@@ -779,6 +779,17 @@ def put_rows_sharded(mesh: Mesh, host: np.ndarray) -> jax.Array:
     return jax.make_array_from_callback(host.shape, NamedSharding(mesh, P(ROWS)), lambda idx: host[idx])
 
 
+def put_replicated(mesh: Mesh, host: np.ndarray) -> jax.Array:
+    """``host`` (the same on every process) replicated on every device of ``mesh``. One process: device_put (on
+    one CPU device an aligned float32 array is aliased, hostmem.py). Several processes: built from each process's
+    local copy, because jax 0.10's device_put to a replicated multi-process sharding checks equality with an
+    allgather that fails with 2+ local devices per process ("cannot reshape array of size 4 into shape (2,1)")."""
+    sharding = NamedSharding(mesh, P())
+    if jax.process_count() > 1:
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+    return jax.device_put(host, sharding)
+
+
 def tile_pass(rows, cols, spec: PassSpec, params: PassParams | None = None, *, mesh: Mesh | None = None,
               row_labels=None, col_labels=None, blocks: Blocks | None = None, progress: str = "",
               log_every_s: float = 10.0) -> PassResult:
@@ -861,8 +872,8 @@ def tile_pass(rows, cols, spec: PassSpec, params: PassParams | None = None, *, m
     t1 = spec.screen_t + 1 if spec.screen_t else 1
     step = _compiled_step(mesh, spec, blocks, R, chunk, d)
     row_sh = NamedSharding(mesh, P(ROWS))
-    rep_sh = NamedSharding(mesh, P())
-    scal = lambda v, dt: jax.device_put(np.asarray(v, dt), rep_sh)  # noqa: E731
+    put_rep = functools.partial(put_replicated, mesh)
+    scal = lambda v, dt: put_rep(np.asarray(v, dt))  # noqa: E731
     taus_d, hlo_d, hinv_d = scal(taus, np.float32), scal(hlo, np.float32), scal(hinv, np.float32)
     rlo_d, rinv_d, rbin_d = scal(rlo, np.float32), scal(rinv, np.float32), scal(rbin, np.int32)
     cmask_d, ncols_d = scal(cmask, bool), scal(n_cols, np.int32)
@@ -888,7 +899,7 @@ def tile_pass(rows, cols, spec: PassSpec, params: PassParams | None = None, *, m
         lab = np.zeros(chunk, np.int32)
         lab[: b - a] = clab_all[a:b]
         sq = _squared_norms(blk) if euclid else np.zeros(chunk, np.float32)
-        return (jax.device_put(blk, rep_sh), jax.device_put(lab, rep_sh), jax.device_put(sq, rep_sh),
+        return (put_rep(blk), put_rep(lab), put_rep(sq),
                 scal(a, np.int32))
 
     n_groups = -(-n_rows // (G * R))
@@ -936,9 +947,8 @@ def tile_pass(rows, cols, spec: PassSpec, params: PassParams | None = None, *, m
             if spec.pairs == "upper" and b <= g0 + 1:
                 continue  # every column of this chunk is below every row of the group: no pair i < j
             cx, clab, csq, col0 = load_cols(ci)
-            rc_s = jax.device_put(np.pad(col_s[a:b], ((0, chunk_pad - (b - a)), (0, 0)), constant_values=_NEG_INF),
-                                  rep_sh)
-            rc_i = jax.device_put(np.pad(col_i[a:b], ((0, chunk_pad - (b - a)), (0, 0)), constant_values=-1), rep_sh)
+            rc_s = put_rep(np.pad(col_s[a:b], ((0, chunk_pad - (b - a)), (0, 0)), constant_values=_NEG_INF))
+            rc_i = put_rep(np.pad(col_i[a:b], ((0, chunk_pad - (b - a)), (0, 0)), constant_values=-1))
             out = step(x, rid, rlab, rsq, cx, clab, csq, col0, ncols_d, taus_d, hlo_d, hinv_d, rlo_d, rinv_d,
                        rbin_d, cmask_d, *st, rc_s, rc_i)
             st = list(out[:6])

@@ -34,6 +34,7 @@ from synleak_jax.search.engine import (
     check_positive_int,
     default_blocks,
     make_mesh,
+    put_replicated,
     put_rows_sharded,
     round_up,
     tile_pass,
@@ -225,7 +226,7 @@ def _certified_groups(q: Source, db: Source, k, margin, group, mesh, geometry, f
     if not np.isfinite(res.max_col_norm):
         db.raise_if_nonfinite()  # names the NaN/inf row; if none, squares overflowed: every query falls back
     dbf = host_db if db.n >= group else np.pad(host_db, ((0, group - db.n), (0, 0)))  # the gather reads groups
-    dev_db = certified.replicate(mesh, dbf)
+    dev_db = put_replicated(mesh, dbf)
     G = mesh.shape[ROWS]
     bq = round_up(min(blocks.bq, round_up(-(-q.n // G), sub)), sub)
     rescore = certified.rescore_groups_fn(mesh, db.n, k, t, group, sub)

@@ -42,15 +42,14 @@ def test_load_npy_aligned_refuses_bad_files(tmp_path):
 def test_aligned_inputs_used_in_place_others_copied_once(rng):
     import jax
 
-    from synleak_jax.search.certified import replicate
-    from synleak_jax.search.engine import make_mesh
+    from synleak_jax.search.engine import make_mesh, put_replicated
 
     x = aligned_empty((200, 48))
     x[:] = rng.standard_normal(x.shape)
     assert jax.device_put(x).unsafe_buffer_pointer() == x.ctypes.data
     assert Source(x, "database").aligned_host() is x
     one = make_mesh(jax.devices()[:1])
-    assert replicate(one, x).addressable_shards[0].data.unsafe_buffer_pointer() == x.ctypes.data  # aliased
+    assert put_replicated(one, x).addressable_shards[0].data.unsafe_buffer_pointer() == x.ctypes.data  # aliased
     raw = np.empty(200 * 48 + 1, np.float32)[1:].reshape(200, 48)  # 4 bytes off: never 64-byte aligned
     raw[:] = x
     assert not is_aligned(raw)
