@@ -48,7 +48,9 @@ def test_engine_matches_single_device_apply(rng, name, flip):
         assert not np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-3)
     if flip:  # flip TTA must change the result (the model is not flip-invariant)
         plain = eng.embed_array(eng.EmbeddingEngine(registry.get_model(name), variables, spec), images, 16)
-        assert np.max(np.abs(plain - got)) > 1e-3
+        # Relative to the embedding scale (the euclidean variant's raw outputs are small); over 300 seeds the
+        # smallest change was 7% of max|embedding|, so 1% cannot fail by chance but a flip dropped would.
+        assert np.max(np.abs(plain - got)) > 1e-2 * np.max(np.abs(got))
 
 
 def test_bf16_compute_and_fp16_storage(rng):
