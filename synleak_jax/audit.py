@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 
 from synleak_jax import config as config_lib
 from synleak_jax.attack import calibration as cal_lib
+from synleak_jax.attack.calibration import MAX_REFINE
 from synleak_jax.attack import card as card_lib
 from synleak_jax.attack import channel_order
 from synleak_jax.attack import distributions, identity, leakage, membership, neighbours, pairs, stats
@@ -209,7 +210,7 @@ def _stage_plan(cfg, datasets: dict) -> tuple[dict, set]:
     out = {}
     if cfg.calibration.source != "verification_bin":
         nc, _ = _calibration_size(cfg, datasets)
-        out["calibration"] = (nc * (nc - 1) // 2, ["histogram", "collect"])
+        out["calibration"] = (nc * (nc - 1) // 2, ["key_histogram"])  # one pass; a missed bin: one more
     out["members_x_synthetic"] = (n["members"] * n["synthetic"], ["scan"])
     if "nonmembers" in n:
         out["nonmembers_x_synthetic"] = (n["nonmembers"] * n["synthetic"], ["topk_both"])
@@ -228,12 +229,10 @@ def _measure_engine(dim: int, rows: int = 4096, cols: int = 8192) -> dict:
     b = a[: cols // 2].repeat(2, axis=0)
     lab = np.arange(rows) // 8
     bins = Bins(-1.01, 1.01, 1 << 16)
-    mask = np.zeros(1 << 16, bool)
-    mask[[40000, 41000]] = True
     kinds = {
         "histogram": (a, a, PassSpec(pairs="upper", labels=True, nbins=1 << 16, moments=True), PassParams(bins=bins)),
-        "collect": (a, a, PassSpec(pairs="upper", labels=True, nbins=1 << 16, collect_cap=1 << 18),
-                    PassParams(bins=bins, collect_bins=mask)),
+        "key_histogram": (a, a, PassSpec(pairs="upper", labels=True, key_hist=True, key_refine=MAX_REFINE),
+                          PassParams(key_refine_bins=np.arange(48000, 48000 + MAX_REFINE))),
         "scan": (a, b, PassSpec(row_k=10, col_k=10, n_taus=4, nbins=256, moments=True),
                  PassParams(taus=np.asarray([0.1, 0.2, 0.3, 0.4], np.float32), bins=Bins(-1.01, 1.01, 256))),
         "topk_both": (a, b, PassSpec(row_k=10, col_k=10), PassParams()),
@@ -585,7 +584,7 @@ def _calibrate(cfg, name: str, metric: str, sets: dict, datasets: dict, mesh, ca
     spec = matcher.spec if matcher is not None else None
     if cfg.attack.published_threshold and spec is not None and spec.threshold is not None:
         fixed[f"{name} published {spec.threshold:g}"] = float(spec.threshold)
-    key = digest("calibration", _fingerprints(sets), fmrs, cfg.calibration.to_dict(), cfg.attack.nbins,
+    key = digest("calibration/float32-key", _fingerprints(sets), fmrs, cfg.calibration.to_dict(),
                  sorted(fixed.items()))
     hit = cache.load("calibration", key)
     if hit:
@@ -604,8 +603,8 @@ def _calibrate(cfg, name: str, metric: str, sets: dict, datasets: dict, mesh, ca
         x, lab, desc, note = _calibration_input(cfg, sets, datasets)
         try:
             cal_lib.check_fmrs(fmrs, pairs.pair_counts(lab, x.shape[0])[0])
-            cal = cal_lib.calibrate_embeddings(x, lab, fmrs, metric=metric, nbins=int(cfg.attack.nbins),
-                                               fixed_thresholds=fixed, note=note, mesh=mesh)
+            cal = cal_lib.calibrate_embeddings(x, lab, fmrs, metric=metric, fixed_thresholds=fixed, note=note,
+                                               mesh=mesh)
         except ValueError as e:  # impossible FMR for this calibration set (after rejects): a config problem
             raise AuditError(f"--config.attack.fmrs: {e} (calibration set: {desc})") from None
     cal.method = f"{cal.method} — {desc}"

@@ -153,7 +153,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.attack.membership_fprs = (1e-3, 1e-2)  # FPRs at which the membership TPR is reported
     c.attack.identity_relation = "auto"  # auto (when both sets are labelled) | on | off
     c.attack.agreement_fmr = 0.0  # FMR for the agreement between matchers (0 = the first FMR)
-    c.attack.nbins = 1 << 16  # histogram bins of the calibration's first pass
+    c.attack.nbins = 1 << 16  # identity relation's first histogram (the calibration counts float32 keys)
     c.attack.precision = "auto"  # neighbour search: auto (fastest exact mode) | float32 | bf16_certified
 
     c.report = ml_collections.ConfigDict()

@@ -8,12 +8,11 @@ most ``m`` impostors match (exactly ``m`` without ties), and ``tau`` equals
 Two sources of impostor scores:
 
 * :func:`calibrate_embeddings`: ALL pairs of different identities of a labelled real embedding set, counted by
-  the tile engine (``pairs.histogram``: 2^16 bins, exact counts, no N x N matrix); the exact tau is found by
-  collecting the exact scores of the one bin that holds the order statistic (after a second histogram inside
-  that bin when it is crowded). Two passes over all pairs in the usual case: the histogram, then one collection
-  pass for every FMR and fixed threshold together; the counts above each threshold follow exactly from the
-  histogram plus the collected scores of the threshold's bin (bins are monotone in the score). Genuine pairs
-  (same identity) give the FNMR at each tau, the EER and d'.
+  the tile engine with no N x N matrix: a radix select over the scores' float32 keys (``pairs.key_histogram``).
+  One pass counts every pair per top-16-bit key bin and, in the bins a pilot predicts to hold the order
+  statistics and the EER, per exact float32 value; tau, the counts above it and the EER follow exactly from the
+  integer counts (a bin the pilot missed costs one more pass). Genuine pairs (same identity) give the FNMR at
+  each tau, the EER and d'.
 * :func:`calibrate_scores`: explicit impostor (and genuine) score arrays, e.g. the pairs of a verification bin
   (LFW 6,000 pairs).
 """
@@ -27,8 +26,9 @@ from typing import Sequence
 import numpy as np
 from absl import logging
 
-from synleak_jax.attack import pairs, stats
 from synleak_jax import units
+from synleak_jax.attack import pairs, stats
+from synleak_jax.search.engine import RowSubset, key_scores, score_keys
 
 
 @dataclasses.dataclass
@@ -164,14 +164,78 @@ def exact_eer_of_pairs(x, labels, metric: str, bins: "pairs.Bins", hist: "pairs.
     return stats.eer_from_bin(n_imp, n_gen, imp_hi, gen_hi, sc[~gen], sc[gen]).eer
 
 
-def _coarsen(h: np.ndarray, factor: int) -> np.ndarray:
-    return h.reshape(-1, factor).sum(1)
+#: Key bins split into exact values in the calibration's pass. Each costs one compare per pair and 2 x 65,536
+#: counters per device; the thresholds, fixed thresholds and EER need about 3 bins each.
+MAX_REFINE = 16
+#: The pilot: all pairs among a seeded 1/PILOT_FRACTION of the identities (about 1/64 of the pairs) predict the
+#: key bins that will hold the order statistics, so the full pass counts them per exact value at once. It only
+#: decides speed: a bin it misses costs one more pass, never a different result.
+PILOT_FRACTION = 8
+PILOT_MIN_ROWS = 16384  # smaller sets: no pilot (the second pass is cheap there)
+#: Pilot uncertainty in rate units: Z binomial standard errors plus REL of the rate (pairs sharing an image are
+#: dependent, and some images are "hubs" with many high impostor scores, so the binomial error alone is too small).
+PILOT_Z, PILOT_REL = 6.0, 0.05
 
 
-def _bin_of(value: float, bins: pairs.Bins) -> int:
-    """The bin of a score, computed with the engine's float32 formula (so it agrees with every pass)."""
-    lo, inv_w = np.float32(bins.lo), np.float32(bins.inv_width)
-    return int(np.clip(np.floor((np.float32(value) - lo) * inv_w), 0, bins.nbins - 1))
+def _pilot_rows(labels, n: int, fraction: int = PILOT_FRACTION, seed: int = 0) -> np.ndarray:
+    """Rows of a seeded 1/fraction of the identities (every image of each), plus 1/fraction of the unlabelled
+    images: a pilot with genuine pairs (for the EER) as well as impostor pairs."""
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        return np.sort(rng.choice(n, max(2, n // fraction), replace=False))
+    lab = np.asarray(labels)
+    ids = np.unique(lab[lab >= 0])
+    keep = rng.choice(ids, max(1, ids.size // fraction), replace=False) if ids.size else ids
+    unlabelled = np.nonzero(lab < 0)[0]
+    extra = rng.choice(unlabelled, unlabelled.size // fraction, replace=False) if unlabelled.size else unlabelled
+    return np.union1d(np.nonzero(np.isin(lab, keep))[0], extra)
+
+
+def _rate_error(p: np.ndarray, n: int) -> np.ndarray:
+    return PILOT_Z * np.sqrt(p * (1 - p) / max(n, 1)) + PILOT_REL * p + 1.0 / max(n, 1)
+
+
+def _candidates(d: np.ndarray, u: np.ndarray) -> list[tuple[float, int]]:
+    """(distance, bin) of the bins that may hold the crossing of the decreasing edge function ``d`` (at edges
+    0..P; bin b lies between edges b and b + 1) within its error ``u``: distance 0 for the bin holding the
+    estimated crossing, else how far (in units of ``u``) ``d`` must move for the bin to hold it (<= 1)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        above = np.where(d[1:] > 0, d[1:] / u[1:], 0.0)  # the bin lies above the crossing: d must drop
+        below = np.where(d[:-1] < 0, -d[:-1] / u[:-1], 0.0)
+    dist = np.maximum(above, below)
+    possible = np.nonzero(dist <= 1.0)[0]
+    return sorted(zip(dist[possible].tolist(), possible.tolist()))
+
+
+def _predict_bins(pilot: pairs.KeyHistogram, fmrs: Sequence[float], genuine: np.ndarray | None
+                  ) -> list[list[tuple[float, int]]]:
+    """Per target (each FMR, then the EER) the key bins that may hold it: the impostor rates from the pilot's
+    histogram; for the EER the genuine pairs of the whole set (``genuine``: per key bin, scored on the host — they
+    are few, and a pilot's genuine pairs are too clustered by identity to place the EER: 5 of 10 seeds missed)."""
+    n_i = pilot.n_impostor
+    out = []
+    if n_i == 0:
+        return out
+    fmr_edge = np.concatenate([np.cumsum(pilot.top[0][::-1])[::-1], [0]]) / n_i  # FMR at each bin's lower edge
+    u_i = _rate_error(fmr_edge, n_i)
+    for f in fmrs:
+        out.append(_candidates(fmr_edge - f, u_i))
+    n_g = 0 if genuine is None else int(genuine.sum())
+    if n_g:
+        fnmr_edge = np.concatenate([[0], np.cumsum(genuine)]) / n_g
+        out.append(_candidates(fmr_edge - fnmr_edge, u_i + 1e-3 * fnmr_edge + 2.0 / n_g))
+    return out
+
+
+def _choose(required: list[int], predicted: list[list[tuple[float, int]]], budget: int = MAX_REFINE) -> list[int]:
+    """The required bins, then the predicted ones by distance (every target's own bin first), up to budget."""
+    chosen = list(dict.fromkeys(required))[:budget]
+    for _, _, b in sorted((dist, t, b) for t, q in enumerate(predicted) for dist, b in q):
+        if len(chosen) >= budget:
+            break
+        if b not in chosen:
+            chosen.append(b)
+    return chosen
 
 
 def calibrate_embeddings(
@@ -180,14 +244,21 @@ def calibrate_embeddings(
     fmrs: Sequence[float],
     *,
     metric: str,
-    nbins: int = 1 << 16,
-    collect_cap: int = 1 << 20,
     plot_bins: int = 256,
     fixed_thresholds: dict[str, float] | None = None,
     note: str = "",
     mesh=None,
+    pilot: bool | None = None,
 ) -> Calibration:
-    """Exact thresholds from all impostor pairs of a labelled real set.
+    """Exact thresholds from all impostor pairs of a labelled real set, by a radix select over float32 keys.
+
+    One pass of the tile engine counts every pair by the top 16 bits of its score's order-preserving key
+    (``pairs.key_histogram``), and counts the pairs of up to MAX_REFINE bins per exact float32 value: those a
+    pilot over a seeded 1/8 of the identities predicts to hold each FMR's order statistic and the EER, plus the
+    bins of the fixed thresholds. Every tau, count above it, FNMR and the EER then follow exactly from integer
+    counts. A bin the pilot missed is counted per value in one more pass. Two passes of the 2^16-bin score
+    histogram plus a collection of the scores in the threshold bins took 101 s at 100k images; this, one pass
+    plus a 1/64 pilot (BENCHMARKS.md).
 
     Args:
       embeddings: float32 ``[N, D]`` (array, store ``.embeddings`` or Source); L2-normalised for cosine matchers.
@@ -195,129 +266,92 @@ def calibrate_embeddings(
         that caveat in the report — same-person pairs then inflate tau, making the audit conservative).
       fmrs: target false match rates.
       metric: "cosine" or "euclidean".
-      nbins: bins of the first histogram; collect_cap: largest bin collected directly (else refined first).
       fixed_thresholds: extra published thresholds in native units (e.g. {"dlib published 0.6": 0.6}); their
         achieved FMR/FNMR are measured exactly.
       mesh: the engine's mesh (default: every device of every process); results are identical for any mesh.
+      pilot: run the pilot (default: when N >= PILOT_MIN_ROWS). It changes the number of passes, never a result.
     """
     n = int(embeddings.shape[0])
-    bins = pairs.Bins(*pairs.score_range(embeddings, None, metric), nbins)
-    logging.info("calibration: %d images, %d pairs, %d-bin histogram", n, n * (n - 1) // 2, nbins)
-    hist = pairs.histogram(embeddings, labels, metric, bins, mesh=mesh, progress="calibration histogram")
-    n_imp, n_gen = hist.n_impostor, hist.n_genuine
-    check_fmrs(fmrs, n_imp)
-    imp_cum = np.concatenate([np.cumsum(hist.impostor[::-1])[::-1], [0]])  # pairs in bins >= b
-    gen_cum = np.concatenate([np.cumsum(hist.genuine[::-1])[::-1], [0]])
-
-    fmr_targets = [_locate(hist.impostor, impostors_allowed(f, n_imp) + 1) for f in fmrs]  # (bin, rank in bin)
+    lab = None if labels is None else np.asarray(labels)
     fixed = dict(fixed_thresholds or {})
-    fixed_taus = [float(units.from_native(metric, v)) for v in fixed.values()]
-    # The EER point (exact, docs/statistics.md): the bin where FMR - FNMR changes sign joins the collection.
-    eer_loc = stats.eer_locate(hist.impostor, hist.genuine) if n_gen else None
-    eer_bins = [eer_loc.bin] if eer_loc is not None and eer_loc.bin is not None else []
-    # Crowded bins get a histogram inside them first (a restricted pass), then only sub-bins are collected.
-    refined: dict[int, tuple[pairs.Bins, pairs.PairHistogram] | None] = {}
-    for b in [b for b, _ in fmr_targets] + [_bin_of(tau, bins) for tau in fixed_taus] + eer_bins:
-        if b not in refined:
-            refined[b] = None
-            if int(hist.impostor[b] + hist.genuine[b]) > collect_cap:
-                sub = bins.sub(b)
-                refined[b] = (sub, pairs.histogram(embeddings, labels, metric, sub, restrict=(bins, b), mesh=mesh))
-    where = []  # per FMR: (bin, sub-bin or -1, rank inside it, impostors above it, genuine above it)
-    collect_plan: dict[tuple, int] = {}  # (bin, sub-bin or -1) -> expected pairs
-    for b, r in fmr_targets:
-        if refined[b] is None:
-            collect_plan[(b, -1)] = int(hist.impostor[b] + hist.genuine[b])
-            where.append((b, -1, r, int(imp_cum[b + 1]), int(gen_cum[b + 1])))
-        else:
-            sub, h2 = refined[b]
-            b2, r2 = _locate(h2.impostor, r)
-            collect_plan[(b, b2)] = int(h2.impostor[b2] + h2.genuine[b2])
-            where.append((b, b2, r2, int(imp_cum[b + 1] + h2.impostor[b2 + 1:].sum()),
-                          int(gen_cum[b + 1] + h2.genuine[b2 + 1:].sum())))
-    fixed_where = []
-    for tau in fixed_taus:
-        b = _bin_of(tau, bins)
-        if refined[b] is None:
-            collect_plan[(b, -1)] = int(hist.impostor[b] + hist.genuine[b])
-            fixed_where.append((b, -1, int(imp_cum[b + 1]), int(gen_cum[b + 1])))
-        else:
-            sub, h2 = refined[b]
-            b2 = _bin_of(tau, sub)
-            collect_plan[(b, b2)] = int(h2.impostor[b2] + h2.genuine[b2])
-            fixed_where.append((b, b2, int(imp_cum[b + 1] + h2.impostor[b2 + 1:].sum()),
-                                int(gen_cum[b + 1] + h2.genuine[b2 + 1:].sum())))
-    eer_where = None  # (bin, sub-bin or -1, impostors above it, genuine above it)
-    if eer_bins:
-        b = eer_bins[0]
-        if refined[b] is None:
-            collect_plan[(b, -1)] = int(hist.impostor[b] + hist.genuine[b])
-            eer_where = (b, -1, eer_loc.impostor_above_bin, eer_loc.genuine_above_bin)
-        else:
-            sub, h2 = refined[b]
-            sub_loc = stats.eer_locate(h2.impostor, h2.genuine, n_impostor=n_imp, n_genuine=n_gen,
-                                       impostor_above_range=eer_loc.impostor_above_bin,
-                                       genuine_above_range=eer_loc.genuine_above_bin)
-            if sub_loc.bin is None:  # exactly on a sub-bin edge: nothing to collect
-                eer_loc = sub_loc
-            else:
-                collect_plan[(b, sub_loc.bin)] = int(h2.impostor[sub_loc.bin] + h2.genuine[sub_loc.bin])
-                eer_where = (b, sub_loc.bin, sub_loc.impostor_above_bin, sub_loc.genuine_above_bin)
-    # One collection pass for all directly collected bins; one per refined bin (its sub-bins).
-    got: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-    direct = sorted(b for (b, b2) in collect_plan if b2 < 0)
-    if direct:
-        sc, rows, gen = pairs.collect(embeddings, labels, metric, bins, direct,
-                                      sum(collect_plan[(b, -1)] for b in direct), mesh=mesh,
-                                      progress="calibration: exact scores of the threshold bins")
-        bin_of = np.clip(np.floor((sc - np.float32(bins.lo)) * np.float32(bins.inv_width)), 0,
-                         bins.nbins - 1).astype(np.int64)
-        for b in direct:
-            got[(b, -1)] = (sc[bin_of == b], gen[bin_of == b])
-    for b in sorted({b for (b, b2) in collect_plan if b2 >= 0}):
-        sub, _ = refined[b]
-        subs = sorted(b2 for (bb, b2) in collect_plan if bb == b and b2 >= 0)
-        sc, rows, gen = pairs.collect(embeddings, labels, metric, sub, subs,
-                                      sum(collect_plan[(b, b2)] for b2 in subs), restrict=(bins, b), mesh=mesh)
-        sb = np.clip(np.floor((sc - np.float32(sub.lo)) * np.float32(sub.inv_width)), 0,
-                     sub.nbins - 1).astype(np.int64)
-        for b2 in subs:
-            got[(b, b2)] = (sc[sb == b2], gen[sb == b2])
+    fixed_keys = [score_keys(np.float32(units.from_native(metric, v))) for v in fixed.values()]
+    required = [int(t) for t, _ in fixed_keys]
+    predicted: list[list[tuple[float, int]]] = []
+    pilot_note = ""
+    if pilot if pilot is not None else n >= PILOT_MIN_ROWS:
+        rows = _pilot_rows(lab, n)
+        sub = RowSubset(embeddings, rows)
+        ph = pairs.key_histogram(sub, None if lab is None else lab[rows], metric, mesh=mesh)
+        predicted = _predict_bins(ph, fmrs, pairs.genuine_key_counts(embeddings, lab, metric))
+        pilot_note = f"; pilot over {rows.size:,} images chose the bins"
+    refine = _choose(required, predicted)
+    logging.info("calibration: %d images, %d pairs, float32-key histogram with %d bins split", n,
+                 n * (n - 1) // 2, len(refine))
+    kh = pairs.key_histogram(embeddings, lab, metric, refine=refine, mesh=mesh,
+                             progress="calibration: exact key histogram")
+    n_imp, n_gen = kh.n_impostor, kh.n_genuine
+    check_fmrs(fmrs, n_imp)
+    top_imp, top_gen = kh.top
+    imp_cum = np.concatenate([np.cumsum(top_imp[::-1])[::-1], [0]])  # pairs in bins >= b
+    gen_cum = np.concatenate([np.cumsum(top_gen[::-1])[::-1], [0]])
+    fmr_targets = [_locate(top_imp, impostors_allowed(f, n_imp) + 1) for f in fmrs]  # (bin, rank in bin)
+    eer_loc = stats.eer_locate(top_imp, top_gen) if n_gen else None
+    needed = [b for b, _ in fmr_targets] + required + ([eer_loc.bin] if eer_loc and eer_loc.bin is not None else [])
+    missing = [b for b in dict.fromkeys(needed) if b not in kh.refined]
+    refined = dict(kh.refined)
+    extra_passes = 0
+    for a in range(0, len(missing), MAX_REFINE):  # bins the pilot did not predict (or no pilot): one more pass
+        more = pairs.key_histogram(embeddings, lab, metric, refine=missing[a:a + MAX_REFINE], mesh=mesh,
+                                   progress="calibration: exact values of the threshold bins")
+        refined.update(more.refined)
+        extra_passes += 1
+
+    def above(b: int, low: int) -> tuple[int, int]:
+        """(impostor, genuine) pairs whose key exceeds (b, low)."""
+        fine = refined[b]
+        return int(imp_cum[b + 1] + fine[0, low + 1:].sum()), int(gen_cum[b + 1] + fine[1, low + 1:].sum())
+
     thresholds = []
-    for (b, b2, r, imp_hi, gen_hi), f in zip(where, fmrs):  # noqa: B007
-        sc, gen = got[(b, b2)]
-        tau = exact_order_statistic_desc(sc[~gen], r)
-        ia = imp_hi + int((sc[~gen] > tau).sum())
-        ga = gen_hi + int((sc[gen] > tau).sum())
+    for (b, r), f in zip(fmr_targets, fmrs):
+        low, _ = _locate(refined[b][0], r)
+        tau = float(key_scores(b, low))
+        ia, ga = above(b, low)
         thresholds.append(Threshold(
-            fmr=float(f), tau=float(tau), tau_native=float(units.to_native(metric, tau)),
+            fmr=float(f), tau=tau, tau_native=float(units.to_native(metric, tau)),
             impostors_allowed=impostors_allowed(f, n_imp), impostors_above=ia, achieved_fmr=ia / n_imp,
             fnmr=(n_gen - ga) / n_gen if n_gen else None))
-    for (b, b2, imp_hi, gen_hi), name, tau in zip(fixed_where, fixed, fixed_taus):
-        sc, gen = got[(b, b2)]
-        tau32 = float(np.float32(tau))
-        ia = imp_hi + int((sc[~gen] > np.float32(tau)).sum())
-        ga = gen_hi + int((sc[gen] > np.float32(tau)).sum())
+    for (name, native), (b, low) in zip(fixed.items(), fixed_keys):
+        ia, ga = above(int(b), int(low))
         thresholds.append(Threshold(
-            fmr=ia / n_imp, tau=tau32, tau_native=float(fixed[name]), impostors_allowed=ia, impostors_above=ia,
-            achieved_fmr=ia / n_imp, fnmr=(n_gen - ga) / n_gen if n_gen else None, source=name))
-    plot = hist.coarsen(plot_bins)
-    mi, si = hist.moments("impostor")
-    mg, sg = hist.moments("genuine")
+            fmr=ia / n_imp, tau=float(key_scores(b, low)), tau_native=float(native), impostors_allowed=ia,
+            impostors_above=ia, achieved_fmr=ia / n_imp, fnmr=(n_gen - ga) / n_gen if n_gen else None,
+            source=name))
     eer = None
-    if eer_where is not None:
-        b, b2, imp_hi, gen_hi = eer_where
-        sc, gen = got[(b, b2)]
-        eer = stats.eer_from_bin(n_imp, n_gen, imp_hi, gen_hi, sc[~gen], sc[gen]).eer
-    elif eer_loc is not None:
+    if eer_loc is not None and eer_loc.bin is None:
         eer = eer_loc.result.eer
+    elif eer_loc is not None:
+        fine = refined[eer_loc.bin]
+        loc = stats.eer_locate(fine[0], fine[1], n_impostor=n_imp, n_genuine=n_gen,
+                               impostor_above_range=eer_loc.impostor_above_bin,
+                               genuine_above_range=eer_loc.genuine_above_bin)
+        if loc.bin is None:
+            eer = loc.result.eer
+        else:  # one float32 value holds the crossing: its two operating points
+            eer = stats.eer_at_value(n_imp, n_gen, loc.impostor_above_bin, loc.genuine_above_bin,
+                                     int(fine[0, loc.bin]), int(fine[1, loc.bin]),
+                                     float(key_scores(eer_loc.bin, loc.bin))).eer
+    edges, plot_imp, plot_gen = kh.rebin(plot_bins)
+    mi, si = kh.moments("impostor")
+    mg, sg = kh.moments("genuine")
+    passes = 1 + extra_passes
     return Calibration(
         metric=metric, n_impostor=n_imp, n_genuine=n_gen, thresholds=thresholds,
         eer=eer, impostor_mean=mi, impostor_std=si,
         genuine_mean=mg if n_gen else None, genuine_std=sg if n_gen else None,
-        hist_edges=plot.bins.edges(), hist_impostor=plot.impostor, hist_genuine=plot.genuine,
-        method=f"all {n_imp:,} impostor pairs (different identities) of {n:,} real images, exact histogram "
-               f"({nbins} bins) + exact scores of the threshold and EER bins",
+        hist_edges=edges, hist_impostor=plot_imp, hist_genuine=plot_gen,
+        method=f"all {n_imp:,} impostor pairs (different identities) of {n:,} real images, exact float32-key "
+               f"histogram (the threshold and EER bins counted per exact value; {passes} "
+               f"pass{'es' if passes > 1 else ''}{pilot_note})",
         note=note)
 
 

@@ -7,6 +7,8 @@ matchers, minus the Euclidean distance for Euclidean ones, computed in float32.
 
 * :func:`histogram`: exact genuine / impostor counts in equal bins (optionally inside one bin of a coarser
   histogram, for refining), exact counts and float64-summed moments;
+* :func:`key_histogram`: exact genuine / impostor counts by float32 key (``search.engine.score_keys``): 65,536
+  bins by the top 16 bits, chosen bins split into their single values (exact order statistics, no scores kept);
 * :func:`collect`: the exact float32 scores of the pairs in chosen bins (with their row and class);
 * :func:`count_above`: exact per-row and total counts of pairs with score > tau;
 * :func:`pair_counts`: how many impostor / genuine pairs a labelled set has (from the labels alone).
@@ -23,10 +25,11 @@ import math
 import numpy as np
 
 from synleak_jax import units
-from synleak_jax.search.engine import Bins, CollectOverflow, PassParams, PassSpec, Source, as_source, tile_pass
+from synleak_jax.search.engine import (KEY_BINS, Bins, CollectOverflow, PassParams, PassSpec, Source, as_source,
+                                      key_scores, score_keys, tile_pass)
 
-__all__ = ["Bins", "PairHistogram", "histogram", "collect", "count_above", "pair_counts", "score_range",
-           "pair_scores_np"]
+__all__ = ["Bins", "PairHistogram", "KeyHistogram", "histogram", "key_histogram", "collect", "count_above",
+           "pair_counts", "score_range", "pair_scores_np", "score_keys", "key_scores", "KEY_BINS", "genuine_key_counts"]
 
 
 def engine_score(metric: str) -> str:
@@ -62,6 +65,14 @@ def score_range(x, y, metric: str) -> tuple[float, float]:
     return -(na + nb) * (1 + 1e-6) - 1e-6, 1e-6
 
 
+def _moments(sums, n: int) -> tuple[float, float]:
+    """(mean, population std) from (sum s, sum s^2) over n scores (NaN for none)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    mu = sums[0] / n
+    return float(mu), math.sqrt(max(sums[1] / n - mu * mu, 0.0))
+
+
 @dataclasses.dataclass
 class PairHistogram:
     """Result of one histogram pass. Counts are exact (int64); sums are float64 sums of per-row float32 sums.
@@ -86,11 +97,7 @@ class PairHistogram:
     def moments(self, which: str, n: int | None = None) -> tuple[float, float]:
         """(mean, population std) of the genuine or impostor scores (``n`` = their number; default the counts)."""
         c = 1 if which == "genuine" else 0
-        n = (self.n_genuine if c else self.n_impostor) if n is None else n
-        if n == 0:
-            return float("nan"), float("nan")
-        mu = self.sums[c, 0] / n
-        return float(mu), math.sqrt(max(self.sums[c, 1] / n - mu * mu, 0.0))
+        return _moments(self.sums[c], (self.n_genuine if c else self.n_impostor) if n is None else n)
 
     def coarsen(self, nbins: int) -> "PairHistogram":
         """The same counts in ``nbins`` (a divisor of this histogram's) wider bins (for plots)."""
@@ -182,6 +189,115 @@ def histogram(x, labels, metric: str, bins: Bins, *, y=None, y_labels=None, rest
     sums = res.moments if in_pass else cosine_moments(xs, labels if labelled else None, y=y,
                                                        y_labels=y_labels if labelled else None)
     return PairHistogram(bins, res.hist[0], res.hist[1], sums)
+
+
+@dataclasses.dataclass
+class KeyHistogram:
+    """Result of a float32-key histogram pass (:func:`key_histogram`). Counts are exact (int64).
+
+    top: int64 [2, 65,536] (impostor, genuine) pairs per top-16-bit key bin (ascending scores; every pair
+    counted, refined bins included); refined: {bin: int64 [2, 65,536]} the pairs of each refined bin per exact
+    value (low 16 bits; ``key_scores(bin, low)`` is the value); sums: float64 [2, 2] as in PairHistogram.
+    """
+
+    top: np.ndarray
+    refined: dict
+    sums: np.ndarray
+
+    @property
+    def n_impostor(self) -> int:
+        return int(self.top[0].sum())
+
+    @property
+    def n_genuine(self) -> int:
+        return int(self.top[1].sum())
+
+    def moments(self, which: str) -> tuple[float, float]:
+        """(mean, population std) of the genuine or impostor scores."""
+        c = 1 if which == "genuine" else 0
+        return _moments(self.sums[c], self.n_genuine if c else self.n_impostor)
+
+    def bin_edges(self, bins) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper) float64 score edges of top-16-bit key bins: bin b holds the float32 scores in
+        [lower, upper) (upper = the first value of bin b + 1)."""
+        b = np.asarray(bins, np.int64)
+        lo = key_scores(b, 0).astype(np.float64)
+        hi = np.where(b + 1 < KEY_BINS, key_scores(np.minimum(b + 1, KEY_BINS - 1), 0).astype(np.float64), np.inf)
+        return lo, hi
+
+    def rebin(self, nbins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(edges [nbins + 1], impostor int64 [nbins], genuine int64 [nbins]): the counts in ``nbins`` equal bins
+        over the occupied key bins, for plots. A key bin's count is spread over the plot bins it overlaps in
+        proportion to the overlap (uniform inside a key bin, which spans at most 1/128 of its scores' magnitude),
+        then rounded so the totals stay exact."""
+        occupied = np.nonzero(self.top.sum(0))[0]
+        if occupied.size == 0:
+            return np.linspace(-1.0, 1.0, nbins + 1), np.zeros(nbins, np.int64), np.zeros(nbins, np.int64)
+        first, last = int(occupied[0]), int(occupied[-1])
+        lo, hi = self.bin_edges(np.arange(first, last + 1))
+        edges = np.linspace(lo[0], hi[-1], nbins + 1)
+        knots = np.concatenate([lo, hi[-1:]])
+        out = []
+        for c in range(2):
+            cdf = np.concatenate([[0], np.cumsum(self.top[c, first:last + 1])]).astype(np.float64)
+            at = np.round(np.interp(edges, knots, cdf)).astype(np.int64)
+            at[0], at[-1] = 0, int(cdf[-1])
+            out.append(np.diff(at))
+        return edges, out[0], out[1]
+
+
+def genuine_key_counts(x, labels, metric: str, *, block: int = 4096) -> np.ndarray:
+    """int64 [65,536]: the genuine pairs i < j (equal labels >= 0) of ``x`` per top-16-bit key bin, scored on
+    the host (numpy float32, identity by identity; an identity's pairs in ``block``-row tiles). Its float32
+    summation order is not the engine's, so a score on a bin edge may land one bin off: for predictions only.
+    Work: the genuine pairs only (sum of n_c^2 / 2 over identities), memory one tile."""
+    out = np.zeros(KEY_BINS, np.int64)
+    if labels is None:
+        return out
+    lab = np.asarray(labels)
+    order = np.argsort(lab, kind="stable")
+    order = order[lab[order] >= 0]
+    if order.size == 0:
+        return out
+    src = as_source(x, "embeddings")
+    starts = np.concatenate([[0], np.nonzero(np.diff(lab[order]))[0] + 1, [order.size]])
+    for g0, g1 in zip(starts[:-1], starts[1:]):
+        if g1 - g0 < 2:
+            continue
+        rows = src.take(order[g0:g1])
+        for a in range(0, rows.shape[0], block):
+            for b in range(a, rows.shape[0], block):
+                s = pair_scores_np(rows[a:a + block], rows[b:b + block], metric).astype(np.float32)
+                if a == b:
+                    s = s[np.triu_indices(s.shape[0], 1)]
+                top, _ = score_keys(s.ravel())
+                out += np.bincount(top, minlength=KEY_BINS)
+    return out
+
+
+def key_histogram(x, labels, metric: str, *, refine=(), y=None, y_labels=None, mesh=None,
+                  progress: str = "") -> KeyHistogram:
+    """Exact genuine/impostor counts of every pair (i < j of ``x``, or x x y) by float32 key: per top-16-bit
+    bin, and per exact value inside the ``refine`` bins (distinct ints in [0, 65,536)). One pass; arguments as
+    :func:`histogram`."""
+    labelled = labels is not None and (y is None or y_labels is not None)
+    refine = [int(b) for b in refine]
+    xs = as_source(x, "embeddings")
+    in_pass = metric != "cosine"
+    spec = _spec(y, labelled, metric, key_hist=True, key_refine=len(refine), moments=in_pass)
+    res = tile_pass(xs, xs if y is None else _cols(x, y), spec,
+                    PassParams(key_refine_bins=np.asarray(refine, np.int64) if refine else None), mesh=mesh,
+                    row_labels=labels if labelled else None, col_labels=y_labels if labelled else None,
+                    progress=progress)
+    sums = res.moments if in_pass else cosine_moments(xs, labels if labelled else None, y=y,
+                                                       y_labels=y_labels if labelled else None)
+    top = res.hist[:, :KEY_BINS].copy()
+    refined = {}
+    for r, b in enumerate(refine):
+        fine = res.hist[:, KEY_BINS * (r + 1):KEY_BINS * (r + 2)].copy()
+        top[:, b] += fine.sum(axis=1)
+        refined[b] = fine
+    return KeyHistogram(top, refined, sums)
 
 
 def collect(x, labels, metric: str, bins: Bins, wanted: list[int], expected: int, *, y=None, y_labels=None,

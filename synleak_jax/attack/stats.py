@@ -794,6 +794,31 @@ def eer_from_bin(n_impostor: int, n_genuine: int, impostor_above_bin: int, genui
                      method="exact ROC operating point (histogram bin refined)")
 
 
+def eer_at_value(n_impostor: int, n_genuine: int, impostor_above: int, genuine_above: int, impostors_at: int,
+                 genuine_at: int, value: float) -> EerResult:
+    """:func:`eer_from_bin` for a bin that holds one score value (``impostors_at`` and ``genuine_at`` pairs score
+    exactly ``value``; ``*_above`` score more), from the counts alone: memory O(1) however many pairs tie.
+
+    Its operating points: every pair at ``value`` matches (threshold just below it: ``threshold=None``), or none
+    does (``t = value``). Equals ``eer_from_bin`` with arrays of ``value`` repeated.
+    """
+    n_imp, n_gen = int(n_impostor), int(n_genuine)
+    if n_imp <= 0 or n_gen <= 0:
+        raise ValueError("eer_at_value: needs at least one impostor and one genuine score")
+    imp_above = np.asarray([int(impostor_above) + int(impostors_at), int(impostor_above)], np.int64)
+    gen_at_or_below = n_gen - np.asarray([int(genuine_above) + int(genuine_at), int(genuine_above)], np.int64)
+    if imp_above[0] > n_imp or gen_at_or_below[0] < 0 or impostors_at + genuine_at == 0:
+        raise ValueError("eer_at_value: counts inconsistent with the totals, or no pair at the value")
+    if int(imp_above[0]) * n_gen - int(gen_at_or_below[0]) * n_imp < 0 or \
+            int(imp_above[1]) * n_gen - int(gen_at_or_below[1]) * n_imp > 0:
+        raise ValueError("eer_at_value: the EER crossing is not at this value")
+    i = _eer_pick(imp_above, gen_at_or_below, n_imp, n_gen)
+    fmr, fnmr = imp_above[i] / n_imp, gen_at_or_below[i] / n_gen
+    return EerResult(float((fmr + fnmr) / 2), float(fmr), float(fnmr), None if i == 0 else float(value),
+                     int(imp_above[i]), int(gen_at_or_below[i]), n_imp, n_gen,
+                     method="exact ROC operating point (float32-key histogram)")
+
+
 # ----------------------------------------------------------------------------- 7. identity-level bootstrap
 
 

@@ -7,6 +7,9 @@ score tile, applies the reductions its :class:`PassSpec` names:
 * ``col_k``: the top-k rows of every column (the reverse direction, from the same tiles);
 * ``n_taus``: per-row counts of pairs with score > tau, for each tau, split into impostor / genuine pairs;
 * ``nbins``: a histogram of the scores (impostor / genuine), optionally restricted to one bin of a coarser one;
+* ``key_hist``: an exact histogram of the float32 scores by their bit pattern (:func:`score_keys`): 65,536 bins by
+  the top 16 bits, and the ``key_refine`` bins named at run time split into their 65,536 single float32 values
+  (a radix select: exact order statistics and counts from integers, no scores collected);
 * ``moments``: per-row sums of scores and squared scores (impostor / genuine);
 * ``collect_cap``: the exact scores (with their row and class) whose histogram bin is flagged;
 * ``screen_t``: the bf16 group-maximum screen of the certified top-k (``certified.py``).
@@ -258,6 +261,8 @@ class PassSpec:
     collect_cap: capacity of the per-device, per-step buffer of collected scores (0 = off).
     screen_t, group: the certified bf16 screen keeps the screen_t + 1 largest maxima of groups of ``group``
       consecutive columns per row (0 = off).
+    key_hist: the exact float32-key histogram (:func:`score_keys`), impostor / genuine; key_refine: how many of
+      its top-16-bit bins (PassParams.key_refine_bins) are counted per exact value instead.
     """
 
     score: str = "ip"
@@ -276,6 +281,8 @@ class PassSpec:
     collect_cap: int = 0
     screen_t: int = 0
     group: int = 16
+    key_hist: bool = False
+    key_refine: int = 0
 
     def __post_init__(self):
         if self.score not in SCORES:
@@ -290,6 +297,17 @@ class PassSpec:
             raise ValueError("top-k lists are not defined for pairs='upper'")
         if self.collect_cap and not self.nbins:
             raise ValueError("collecting needs a histogram geometry (nbins)")
+        if self.key_hist and self.nbins:
+            raise ValueError("one histogram per pass: nbins or key_hist")
+        if self.key_refine < 0 or (self.key_refine and not self.key_hist):
+            raise ValueError("key_refine needs key_hist and must be >= 0")
+
+    @property
+    def hist_width(self) -> int:
+        """Counters per class of the pass's histogram."""
+        if self.key_hist:
+            return KEY_BINS * (1 + self.key_refine)
+        return max(self.nbins, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,13 +343,15 @@ class PassParams:
     """The run-time values of a pass (no recompilation when they change).
 
     taus: float32 [n_taus] thresholds (score > tau counts); bins: the histogram; restrict: (coarse Bins, bin);
-    collect_bins: bool [nbins] flags of the bins whose scores are collected.
+    collect_bins: bool [nbins] flags of the bins whose scores are collected; key_refine_bins: int [key_refine]
+    distinct top-16-bit key bins counted per exact value.
     """
 
     taus: np.ndarray | None = None
     bins: Bins | None = None
     restrict: tuple[Bins, int] | None = None
     collect_bins: np.ndarray | None = None
+    key_refine_bins: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -463,6 +483,34 @@ def _bin_index(s, lo, inv_w, nbins: int):
     return jnp.clip(jnp.floor((s - lo) * inv_w), 0, nbins - 1).astype(jnp.int32)
 
 
+#: Bins of the float32-key histogram: the top 16 bits of a key; a refined bin holds 2^16 single values.
+KEY_BINS = 1 << 16
+
+
+def score_keys(s):
+    """(top, low) int32 halves of the order-preserving uint32 key of float32 scores (traced or numpy).
+
+    key = bits | 2^31 for s >= +0.0, ~bits for negative s: a < b <=> key(a) < key(b) for finite floats (-0.0 is
+    folded into +0.0 before). top = key >> 16 (sign, exponent, 7 mantissa bits: 128 bins per octave), low = the
+    16 bits inside it, each one float32 value. So one bin of the top half split by the low half gives exact
+    values and counts.
+    """
+    if isinstance(s, (np.ndarray, np.generic, float)):  # host side (thresholds, tests): fold -0.0 here
+        xp, f = np, np.asarray(s, np.float32)
+        u = np.where(f == 0.0, np.float32(0.0), f).astype(np.float32).view(np.uint32)
+    else:  # traced: the pass has folded -0.0 already
+        xp, u = jnp, lax.bitcast_convert_type(s, jnp.uint32)
+    key = xp.where(u >= xp.uint32(1 << 31), ~u, u | xp.uint32(1 << 31))
+    return (key >> 16).astype(xp.int32), (key & xp.uint32(0xFFFF)).astype(xp.int32)
+
+
+def key_scores(top, low) -> np.ndarray:
+    """The float32 scores of keys given as (top, low) halves (numpy; the inverse of :func:`score_keys`)."""
+    key = (np.asarray(top, np.uint32) << np.uint32(16)) | np.asarray(low, np.uint32)
+    u = np.where(key >= np.uint32(1 << 31), key & np.uint32(0x7FFFFFFF), ~key).astype(np.uint32)
+    return u.view(np.float32)
+
+
 #: Rows of a tile compacted in the sparse path of :func:`_collect` (more flagged rows take the dense path).
 COLLECT_ROWS = 128  # 32 -> 128: collection pass 14.2 -> 7.3 s (40k-row calibration; 256: 8.8 s), BENCHMARKS.md
 
@@ -510,14 +558,14 @@ def _dot(a, b, precision: str):
 
 
 def _device_step(spec: PassSpec, blocks: Blocks, x, rid, rlab, rsq, cx, clab, csq, col0, ncols, taus, hlo, hinv,
-                 rlo, rinv, rbin, cmask, row_s, row_i, counts, mom, gv, gi):
+                 rlo, rinv, rbin, cmask, kref, row_s, row_i, counts, mom, gv, gi):
     """One device: its R rows against one column chunk. Shapes (per device): x [R, D], rid/rlab [R] int32
     (rid -1 = padding row), rsq [R] f32 (squared norms, neg_euclidean only); cx [C, D], clab [C], csq [C]
     (C need not be a multiple of bdb: the tail tile is zero-padded inside the program, so a resident column set
     is used in place); col0: global index of cx[0]; ncols: number of real columns (global). Running state:
     row_s/row_i [R, k], counts [R, T, 2] int32, mom [R, 2, 2] f32, gv/gi [R, t + 1] group screen. Returns the
     updated running state plus this step's column top-k [Cp, k] (Cp = C rounded up to bdb; from this device's
-    rows only), histogram [2, nbins] int32, collected (scores [cap], rows [cap], classes [cap], fill) and the
+    rows only), histogram [2, spec.hist_width] int32, collected (scores [cap], rows [cap], classes [cap], fill) and the
     chunk's largest squared column norm."""
     bq, bdb, ct = blocks.bq, blocks.bdb, blocks.ct
     R, d = x.shape
@@ -532,6 +580,7 @@ def _device_step(spec: PassSpec, blocks: Blocks, x, rid, rlab, rsq, cx, clab, cs
     n_groups = (ncols + group - 1) // group
     nb = spec.nbins
     cap = spec.collect_cap
+    hw = spec.hist_width
 
     def full_tile(j):
         """Full tile j (traced; j >= nfull repeats the last full tile, fully masked)."""
@@ -621,6 +670,18 @@ def _device_step(spec: PassSpec, blocks: Blocks, x, rid, rlab, rsq, cx, clab, cs
                     hist = lax.cond((qid[0] // bq) % spec.hist_every == 0, add, lambda h: h, hist)
                 else:
                     hist = add(hist)
+        if spec.key_hist:
+            # Radix select: one scatter-add per tile, each pair into exactly one counter — its top-16-bit bin, or
+            # for the key_refine named bins the counter of its exact value (genuine pairs at hw + counter).
+            top, low = score_keys(s)
+            idx = top
+            if spec.key_refine:
+                slot = jnp.zeros_like(top)
+                for r in range(spec.key_refine):  # a few compares beat a 65,536-entry gather per element on CPU
+                    slot = jnp.where(top == kref[r], r + 1, slot)
+                idx = jnp.where(slot > 0, slot * KEY_BINS + low, top)
+            flat = (idx + hw * gen.astype(jnp.int32)).reshape(-1)
+            hist = hist.reshape(-1).at[flat].add(valid.reshape(-1).astype(jnp.int32)).reshape(hist.shape)
         return (rc, rm, col_s, col_i, hist, cbuf, crow, ccls, fill), out
 
     def merge_rows(rs, ri, rgv, rgi, outs):
@@ -668,7 +729,7 @@ def _device_step(spec: PassSpec, blocks: Blocks, x, rid, rlab, rsq, cx, clab, cs
 
     cp = (nfull + (1 if rem else 0)) * bdb
     init = (jnp.full((cp, max(kc, 1)), _NEG_INF, jnp.float32), jnp.full((cp, max(kc, 1)), -1, jnp.int32),
-            jnp.zeros((2, max(nb, 1)), jnp.int32), jnp.zeros((max(cap, 1),), jnp.float32),
+            jnp.zeros((2, hw), jnp.int32), jnp.zeros((max(cap, 1),), jnp.float32),
             jnp.zeros((max(cap, 1),), jnp.int32), jnp.zeros((max(cap, 1),), jnp.int32), jnp.zeros((), jnp.int32))
     (col_s, col_i, hist, cbuf, crow, ccls, fill), per_block = lax.scan(
         per_row_block, init,
@@ -683,10 +744,10 @@ def _compiled_step(mesh: Mesh, spec: PassSpec, blocks: Blocks, R: int, C: int, d
     """jit(shard_map(device step)) for one mesh, spec and geometry."""
     rows, rep = P(ROWS), P()
 
-    def local(x, rid, rlab, rsq, cx, clab, csq, col0, ncols, taus, hlo, hinv, rlo, rinv, rbin, cmask,
+    def local(x, rid, rlab, rsq, cx, clab, csq, col0, ncols, taus, hlo, hinv, rlo, rinv, rbin, cmask, kref,
               row_s, row_i, counts, mom, gv, gi, run_col_s, run_col_i):
         out = _device_step(spec, blocks, x, rid, rlab, rsq, cx, clab, csq, col0, ncols, taus, hlo, hinv, rlo,
-                           rinv, rbin, cmask, row_s, row_i, counts, mom, gv, gi)
+                           rinv, rbin, cmask, kref, row_s, row_i, counts, mom, gv, gi)
         row_s, row_i, counts, mom, gv, gi, col_s, col_i, hist, cbuf, crow, ccls, fill, cmax2 = out
         if spec.col_k:
             # Every device merged only its own rows: gather the devices' lists and merge them with the running
@@ -703,11 +764,11 @@ def _compiled_step(mesh: Mesh, spec: PassSpec, blocks: Blocks, R: int, C: int, d
 
     fn = jax.shard_map(
         local, mesh=mesh,
-        in_specs=(rows, rows, rows, rows, rep, rep, rep, rep, rep, rep, rep, rep, rep, rep, rep, rep,
+        in_specs=(rows, rows, rows, rows, rep, rep, rep, rep, rep, rep, rep, rep, rep, rep, rep, rep, rep,
                   rows, rows, rows, rows, rows, rows, rep, rep),
         out_specs=(rows, rows, rows, rows, rows, rows, rep, rep, rows, rows, rows, rows, rows, rep),
         check_vma=False)
-    return jax.jit(fn, donate_argnums=(16, 17, 18, 19, 20, 21))
+    return jax.jit(fn, donate_argnums=(17, 18, 19, 20, 21, 22))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -724,7 +785,8 @@ class PassResult:
     counts: int64 [n_rows, n_taus, 2] per-row counts of score > tau (impostor, genuine).
     moments: float64 [2, 2]: (impostor, genuine) x (sum s, sum s^2) over all pairs.
     row_moments: float64 [n_rows, 2, 2] per-row sums (the same, not summed).
-    hist: int64 [2, nbins] (impostor, genuine).
+    hist: int64 [2, nbins] (impostor, genuine); with key_hist [2, 65,536 * (1 + key_refine)]: the top-16-bit
+      bins, then per refined bin its 65,536 exact values (the refined bins' own top counters stay 0).
     collected: (scores float32 [m], rows int64 [m], classes int8 [m]: 0 impostor, 1 genuine), in row order.
     group_values/group_ids: [n_rows, screen_t + 1] the certified screen's group maxima (descending).
     max_col_norm: largest column norm (float).
@@ -832,7 +894,7 @@ def tile_pass(rows, cols, spec: PassSpec, params: PassParams | None = None, *, m
     resident = blocks.chunk is None or blocks.chunk >= n_cols
     chunk = n_cols if resident else blocks.chunk  # columns per step (a resident set is not padded)
     chunk_pad = round_up(chunk, bdb)  # column-state rows per step
-    if spec.nbins and R * chunk_pad >= 2**31:
+    if (spec.nbins or spec.key_hist) and R * chunk_pad >= 2**31:
         raise ValueError(f"{R} rows x {chunk} columns per step overflow int32 histogram counts; use smaller blocks")
     T = spec.n_taus
     taus = np.zeros(max(T, 1), np.float32)
@@ -857,6 +919,14 @@ def tile_pass(rows, cols, spec: PassSpec, params: PassParams | None = None, *, m
     else:
         rlo, rinv, rbin = 0.0, 1.0, -1
     cmask = np.zeros(max(nb, 1), bool)
+    kref = np.full(max(spec.key_refine, 1), -1, np.int32)
+    if spec.key_refine:
+        given = np.asarray(params.key_refine_bins if params.key_refine_bins is not None else [], np.int64).ravel()
+        if given.size != spec.key_refine or len(set(given.tolist())) != given.size or \
+                given.min() < 0 or given.max() >= KEY_BINS:
+            raise ValueError(f"spec.key_refine={spec.key_refine} needs params.key_refine_bins: that many distinct "
+                             f"bins in [0, {KEY_BINS})")
+        kref[:] = given
     if spec.collect_cap:
         if params.collect_bins is None or len(params.collect_bins) != nb:
             raise ValueError("spec.collect_cap needs params.collect_bins [nbins]")
@@ -876,7 +946,7 @@ def tile_pass(rows, cols, spec: PassSpec, params: PassParams | None = None, *, m
     scal = lambda v, dt: put_rep(np.asarray(v, dt))  # noqa: E731
     taus_d, hlo_d, hinv_d = scal(taus, np.float32), scal(hlo, np.float32), scal(hinv, np.float32)
     rlo_d, rinv_d, rbin_d = scal(rlo, np.float32), scal(rinv, np.float32), scal(rbin, np.int32)
-    cmask_d, ncols_d = scal(cmask, bool), scal(n_cols, np.int32)
+    cmask_d, ncols_d, kref_d = scal(cmask, bool), scal(n_cols, np.int32), scal(kref, np.int32)
     euclid = spec.score == "neg_euclidean"
 
     def put_rows(arr_fn, shape, dtype):
@@ -911,7 +981,7 @@ def tile_pass(rows, cols, spec: PassSpec, params: PassParams | None = None, *, m
     gids = np.full((n_rows, t1), -1, np.int32)
     col_s = np.full((n_cols, kc), _NEG_INF, np.float32)
     col_i = np.full((n_cols, kc), -1, np.int32)
-    hist = np.zeros((2, max(nb, 1)), np.int64)
+    hist = np.zeros((2, spec.hist_width), np.int64)
     collected = ([], [], [])
     cmax2 = 0.0
     total_pairs = n_rows * (n_rows - 1) // 2 if spec.pairs == "upper" else n_rows * n_cols
@@ -950,13 +1020,13 @@ def tile_pass(rows, cols, spec: PassSpec, params: PassParams | None = None, *, m
             rc_s = put_rep(np.pad(col_s[a:b], ((0, chunk_pad - (b - a)), (0, 0)), constant_values=_NEG_INF))
             rc_i = put_rep(np.pad(col_i[a:b], ((0, chunk_pad - (b - a)), (0, 0)), constant_values=-1))
             out = step(x, rid, rlab, rsq, cx, clab, csq, col0, ncols_d, taus_d, hlo_d, hinv_d, rlo_d, rinv_d,
-                       rbin_d, cmask_d, *st, rc_s, rc_i)
+                       rbin_d, cmask_d, kref_d, *st, rc_s, rc_i)
             st = list(out[:6])
             c_s, c_i, h, cbuf, crow, ccls, fill, m2 = out[6:]
             if spec.col_k:
                 col_s[a:b] = to_host(c_s)[: b - a]
                 col_i[a:b] = to_host(c_i)[: b - a]
-            if nb and not spec.collect_cap:
+            if (nb and not spec.collect_cap) or spec.key_hist:
                 hist += to_host(h).astype(np.int64).sum(axis=0)
             if spec.collect_cap:
                 fills = to_host(fill)
@@ -992,7 +1062,7 @@ def tile_pass(rows, cols, spec: PassSpec, params: PassParams | None = None, *, m
     if spec.moments:
         res.row_moments = row_mom
         res.moments = row_mom.sum(axis=0)  # float64, in row order: the same for any device count
-    if nb and not spec.collect_cap:
+    if (nb and not spec.collect_cap) or spec.key_hist:
         res.hist = hist
     if spec.collect_cap:
         sc, rw, cl = (np.concatenate(v) if v else np.zeros(0) for v in collected)

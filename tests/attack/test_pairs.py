@@ -92,3 +92,51 @@ def test_pair_counts_from_labels(rng):
     same = (lab[iu[0]] == lab[iu[1]]) & (lab[iu[0]] >= 0)
     assert pairs.pair_counts(lab, 90) == (int((~same).sum()), int(same.sum()))
     assert pairs.pair_counts(None, 90) == (90 * 89 // 2, 0)
+
+
+@pytest.mark.parametrize("mode,metric", [("self", "cosine"), ("cross", "cosine"), ("self", "euclidean")])
+def test_key_histogram_equals_brute_force_keys(rng, mode, metric):
+    """Top-16-bit counts and the per-value counts of refined bins equal numpy's bincount of the float64 scores'
+    float32 keys (quantised embeddings: every score exact in float32), on 8 devices and on 1."""
+    import jax
+
+    from synleak_jax.search import make_mesh
+
+    a = _quantised(rng, 150, 6)
+    la = rng.integers(0, 12, 150)
+    b = lb = None
+    if mode == "cross":
+        b = _quantised(rng, 90, 6)
+        lb = rng.integers(0, 12, 90)
+    scores, same = _brute(a, la, b, lb, metric)
+    top, low = pairs.score_keys(scores.astype(np.float32))
+    refine = sorted(set(top[np.argsort(-scores)[[0, 5, 40]]].tolist()) | {int(top[0])})
+    for mesh in (make_mesh(), make_mesh(jax.devices()[:1])):
+        h = pairs.key_histogram(a, la, metric, refine=refine, y=b, y_labels=lb, mesh=mesh)
+        for c, sel in ((0, ~same), (1, same)):
+            np.testing.assert_array_equal(h.top[c], np.bincount(top[sel], minlength=pairs.KEY_BINS))
+            for bin_ in refine:
+                np.testing.assert_array_equal(h.refined[bin_][c],
+                                              np.bincount(low[sel & (top == bin_)], minlength=pairs.KEY_BINS))
+        assert h.n_impostor + h.n_genuine == scores.size
+        np.testing.assert_allclose(h.moments("impostor"), (scores[~same].mean(), scores[~same].std()), rtol=1e-5)
+    # a refined bin's values map back to the scores themselves
+    v = pairs.key_scores(top, low)
+    np.testing.assert_array_equal(v, scores.astype(np.float32))
+    # rebinned plot counts keep the totals and stay within a key bin's spill of numpy's histogram
+    edges, hi, hg = h.rebin(32)
+    assert hi.sum() == (~same).sum() and hg.sum() == same.sum()
+    assert edges[0] <= scores.min() and edges[-1] > scores.max()
+    ref = np.histogram(scores[~same], edges)[0]
+    assert np.abs(np.cumsum(hi) - np.cumsum(ref)).max() <= max(3, 0.05 * (~same).sum())
+
+
+def test_genuine_key_counts_equal_brute_force(rng):
+    a = rng.normal(size=(300, 8)).astype(np.float32)
+    la = rng.integers(-1, 25, 300)
+    scores, same = _brute(a, la, None, None, "cosine")
+    top, _ = pairs.score_keys(scores[same].astype(np.float32))
+    got = pairs.genuine_key_counts(a, la, "cosine", block=7)  # small tiles: the tile loop is exercised
+    assert got.sum() == same.sum()
+    # float32 host scores vs float64 reference: a score on a key-bin edge may differ by one bin
+    assert np.abs(got - np.bincount(top, minlength=pairs.KEY_BINS)).sum() <= 2 * max(1, same.sum() // 1000)

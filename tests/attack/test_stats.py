@@ -386,6 +386,38 @@ def test_eer_on_an_edge_and_refined_subrange():
     assert got.eer == pytest.approx(_eer_sklearn(gen, imp)[0], abs=1e-12)
 
 
+def test_eer_at_value_equals_eer_from_bin_and_exact(rng):
+    """Scores on a coarse grid (many ties): the EER located by float32 key and, inside its bin, at one value,
+    equals exact_eer on the arrays and eer_from_bin on the repeated value."""
+    from synleak_jax.attack import pairs
+
+    for _ in range(30):
+        gen = np.round(rng.normal(0.5, 0.2, int(rng.integers(5, 300))), 2).astype(np.float32)
+        imp = np.round(rng.normal(0.0, 0.2, int(rng.integers(50, 3000))), 2).astype(np.float32)
+        ti, li = pairs.score_keys(imp)
+        tg, lg = pairs.score_keys(gen)
+        loc = stats.eer_locate(np.bincount(ti, minlength=pairs.KEY_BINS), np.bincount(tg, minlength=pairs.KEY_BINS))
+        ref = stats.exact_eer(gen, imp)
+        if loc.bin is None:
+            assert loc.result.eer == pytest.approx(ref.eer, abs=1e-12)
+            continue
+        fi = np.bincount(li[ti == loc.bin], minlength=pairs.KEY_BINS)
+        fg = np.bincount(lg[tg == loc.bin], minlength=pairs.KEY_BINS)
+        sub = stats.eer_locate(fi, fg, n_impostor=imp.size, n_genuine=gen.size,
+                               impostor_above_range=loc.impostor_above_bin, genuine_above_range=loc.genuine_above_bin)
+        if sub.bin is None:
+            got = sub.result
+        else:
+            v = float(pairs.key_scores(loc.bin, sub.bin))
+            got = stats.eer_at_value(imp.size, gen.size, sub.impostor_above_bin, sub.genuine_above_bin,
+                                     int(fi[sub.bin]), int(fg[sub.bin]), v)
+            alt = stats.eer_from_bin(imp.size, gen.size, sub.impostor_above_bin, sub.genuine_above_bin,
+                                     np.full(fi[sub.bin], v), np.full(fg[sub.bin], v))
+            assert (got.eer, got.fmr, got.fnmr) == (alt.eer, alt.fmr, alt.fnmr)
+        assert got.eer == pytest.approx(ref.eer, abs=1e-12)
+        assert (got.impostors_above, got.genuine_at_or_below) == (ref.impostors_above, ref.genuine_at_or_below)
+
+
 def test_eer_bad_inputs():
     with pytest.raises(ValueError, match="same non-zero length"):
         stats.eer_locate([1, 2], [1])
