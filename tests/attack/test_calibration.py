@@ -74,7 +74,11 @@ def test_euclidean_fixed_threshold_in_native_units(rng):
     imp, _ = _brute(x, None, "euclidean")
     cal = calibration.calibrate_embeddings(x, None, [1e-2], metric="euclidean", fixed_thresholds={"dlib 0.6": 0.6})
     fixed = cal.thresholds[1]
-    assert fixed.tau_native == pytest.approx(0.6) and fixed.impostors_above == (-imp < 0.6).sum()
+    assert fixed.tau_native == pytest.approx(0.6)
+    # Exact except for distances within float32 round-off of 0.6 (seed 7717: one 4.9e-9 away counted on the other
+    # side, 1 of 20,000 seeds; 2% of seeds have a distance within 1e-6 of 0.6).
+    near = int((np.abs(-imp - 0.6) <= 1e-6).sum())
+    assert abs(fixed.impostors_above - (-imp < 0.6).sum()) <= near
 
 
 def test_impossible_fmr_says_how_many_pairs_are_needed(rng):
