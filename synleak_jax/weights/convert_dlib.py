@@ -261,9 +261,10 @@ class _Reader:
         dims = tuple(self.int(f"{what} dim {d}") for d in ("n", "k", "nr", "nc"))
         # Exact (Python int) product: np.prod in int64 wraps, e.g. 65536**4 == 0, and a wrapped 0 would read
         # no data and then fail to reshape. Every shape here is a real tensor's or an alias of one, so its
-        # float32 data must fit in the file.
+        # float32 data must fit in the file. Each dimension is bounded too: (0, 2^40, 2^40, 1) has no data, yet
+        # numpy refuses to reshape to it ("array is too big"; fuzz seed 910126277).
         count = math.prod(dims)
-        if any(d < 0 for d in dims) or 4 * count > self.n:
+        if any(d < 0 for d in dims) or 4 * count > self.n or max(dims) > self.n:
             raise self.fail(f"implausible dimensions for {what}: {dims} ({count} elements; the file holds at most "
                             f"{self.n // 4} float32)", start)
         return dims  # type: ignore[return-value]
