@@ -6,8 +6,10 @@
 
 Data: the members of ``scripts/bench_audit.py`` (``synleak_jax.search.testdata``: identities of 5-15 images,
 512-D unit rows, seed 0), written once to ``--data_dir``. Calibration at FMR 1e-2/1e-3/1e-4: total time and each
-engine pass (histogram, collection of the threshold bins) from its own log line. ``--passes``: pairs/s of single
-engine passes on the same rows (upper histogram, upper counts above 1 and 28 taus, all-pairs counts). Reference in
+engine pass (the pilot, the float32-key histogram; another pass only for a bin the pilot missed) from its own
+log line. ``--passes``: pairs/s of single
+engine passes on the same rows (upper 2^16-bin and float32-key histograms, upper counts above 1 and 28 taus,
+all-pairs counts). Reference in
 the same run: numpy's float32 matmul over the same pairs, in blocks of 4,096 rows (the matmul alone: no reduction,
 so a lower bound for any exact method); with ``--exact_check`` (small n) also the taus from numpy's partition of
 every impostor score.
@@ -83,6 +85,11 @@ def main() -> None:
         kinds = {
             "upper, 2^16-bin labelled histogram": (engine.PassSpec(pairs="upper", labels=True, nbins=1 << 16),
                                                    engine.PassParams(bins=bins)),
+            "upper, float32-key labelled histogram": (engine.PassSpec(pairs="upper", labels=True, key_hist=True),
+                                                      engine.PassParams()),
+            "upper, float32-key histogram, 16 bins split": (
+                engine.PassSpec(pairs="upper", labels=True, key_hist=True, key_refine=16),
+                engine.PassParams(key_refine_bins=np.arange(48800, 48816))),
             "upper, labelled counts above 1 tau": (engine.PassSpec(pairs="upper", labels=True, n_taus=1),
                                                    engine.PassParams(taus=taus[:1])),
             "upper, labelled counts above 28 taus": (engine.PassSpec(pairs="upper", labels=True, n_taus=28),

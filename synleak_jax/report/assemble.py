@@ -211,6 +211,17 @@ def _pairs_blocks(res) -> Iterator[dict]:
     (pairs.csv is streamed: at 200k x 100k with everything above FMR 1e-2 that is ~15M rows)."""
     syn = res.sets["synthetic"]
     unit = units.short_unit(res.metric)
+    names: dict[str, dict[int, str]] = {}
+
+    def described(role: str, es, idx: np.ndarray) -> list[str]:
+        """Names of rows ``idx`` of a set, each row described once for the whole file (a pair list repeats a
+        row up to 2k times over the thresholds; describing an image folder's row joins and escapes its path)."""
+        cache = names.setdefault(role, {})
+        for i in np.unique(idx).tolist():
+            if i not in cache:
+                cache[i] = es.describe(i)
+        return [cache[i] for i in idx.tolist()]
+
     for real_set, leaks in (("members", res.leaks), ("nonmembers", res.leaks_control or [])):
         if not leaks:
             continue
@@ -223,8 +234,8 @@ def _pairs_blocks(res) -> Iterator[dict]:
                 b = min(n, a + PAIRS_BLOCK)
                 si, ri = lk.pairs["syn_idx"][a:b], lk.pairs["real_idx"][a:b]
                 yield {**head, "rank": np.arange(a + 1, b + 1), "syn_idx": np.asarray(si),
-                       "syn_id": [syn.describe(i) for i in si.tolist()], "syn_label": syn.labels[si],
-                       "real_idx": np.asarray(ri), "real_id": [real.describe(i) for i in ri.tolist()],
+                       "syn_id": described("synthetic", syn, si), "syn_label": syn.labels[si],
+                       "real_idx": np.asarray(ri), "real_id": described(real_set, real, ri),
                        "real_label": real.labels[ri],
                        "score_native": units.to_native(res.metric, np.asarray(lk.pairs["score"][a:b], np.float64))}
 

@@ -5,6 +5,7 @@ names when there are no images; plots keep their legends off the data."""
 
 import copy
 import csv
+import io
 import json
 import re
 import types
@@ -292,6 +293,45 @@ def test_to_jsonable_and_pairs_csv(tmp_path):
     assert rows[0]["role"] == "members" and rows[0]["unit"] == "cosine"
     assert [r["rank"] for r in rows] == ["1", "2", "1"] and rows[2]["role"] == "nonmembers"
     assert rows[1]["score_native"] == "0.25" and rows[1]["real_id"] == ""
+
+
+def test_pairs_csv_parses_as_the_csv_module_writes(rng, tmp_path):
+    """Against csv.writer (the independent reference) on random blocks with names holding commas, quotes, line
+    breaks, non-ASCII and undecodable bytes: the same fields, and per-row scores equal as float32."""
+    import itertools
+
+    alphabet = list("ab,\"\n\r é/_ ") + ["\udcff"]
+    names = ["".join(rng.choice(alphabet, int(rng.integers(0, 8)))) for _ in range(40)]
+    blocks = []
+    for b in range(3):
+        n = int(rng.integers(0, 50))
+        blocks.append({"matcher": "m,1", "unit": "cosine", "role": "members", "threshold": 'FMR "1e-3"',
+                       "target_fmr": None if b == 1 else 1e-3, "tau_native": float(rng.random()),
+                       "rank": np.arange(1, n + 1), "syn_idx": rng.integers(0, 99, n),
+                       "syn_id": [names[i] for i in rng.integers(0, 40, n)], "syn_label": rng.integers(-1, 5, n),
+                       "real_idx": rng.integers(0, 99, n), "real_id": [names[i] for i in rng.integers(0, 40, n)],
+                       "real_label": rng.integers(0, 5, n),
+                       "score_native": rng.normal(size=n).astype(np.float32).astype(np.float64)})
+    n = writer.write_pairs_csv(str(tmp_path / "p.csv"), blocks)
+    ref = io.StringIO(newline="")
+    w = csv.writer(ref)
+    w.writerow(writer.PAIRS_COLUMNS)
+    for blk in blocks:
+        rows = len(blk["rank"])
+        cols = [v if isinstance(v, (list, np.ndarray)) else itertools.repeat(v, rows)
+                for v in (blk[k] for k in writer.PAIRS_COLUMNS)]
+        cols = [[writer.utf8_text(x) for x in c] if k in ("syn_id", "real_id") else
+                (c.tolist() if isinstance(c, np.ndarray) else c) for k, c in zip(writer.PAIRS_COLUMNS, cols)]
+        w.writerows(zip(*cols))
+    with open(tmp_path / "p.csv", newline="", encoding="utf-8") as f:
+        got = list(csv.reader(f))
+    want = list(csv.reader(io.StringIO(ref.getvalue(), newline="")))
+    assert n == sum(len(b["rank"]) for b in blocks) == len(got) - 1 and len(got) == len(want)
+    score = writer.PAIRS_COLUMNS.index("score_native")
+    for g, r in zip(got, want):
+        assert g[:score] == r[:score] and len(g) == len(r)
+        if g is not got[0]:
+            assert np.float32(float(g[score])) == np.float32(float(r[score]))
 
 
 def _overlaps(a, b) -> bool:
