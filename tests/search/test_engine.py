@@ -198,3 +198,54 @@ def test_bad_arguments(rng):
     bad[4, 1] = np.nan
     with pytest.raises(ValueError, match="rows row 4 contains NaN"):
         tile_pass(bad, a, PassSpec(row_k=1))
+
+
+def test_column_select_above_merges_like_column_select(rng):
+    """Merged into running lists whose k-th score is thr, the pruned selection gives the same lists as the full
+    one — on its fast path (few groups above thr) and its fallback (crowded), with ties on quantised scores."""
+    import jax.numpy as jnp
+
+    from synleak_jax.search import engine
+
+    k, tile, b, n = 4, 8, 64, 48
+    paths = set()
+    for case in range(20):
+        s = (rng.integers(-40, 41, (b, n)) / 8.0).astype(np.float32)
+        low = 39 if case % 2 else -40  # full lists of high scores: few groups above their k-th (the fast path)
+        run = -np.sort(-(rng.integers(low, 41, (n, k)) / 8.0).astype(np.float32), axis=1)
+        if case % 2 == 0:
+            run[:3] = -np.inf  # lists not yet full
+        run_i = np.where(np.isfinite(run), np.arange(k)[None, :] - 100, -1).astype(np.int32)  # earlier rows
+        thr = run[:, -1]
+        gm = s.reshape(b // tile, tile, n).max(axis=1)
+        paths.add(bool(((gm > thr[None, :]).sum(0) > engine.ABOVE_GROUPS).any()))
+        outs = []
+        for sel in (engine.column_select(jnp.asarray(s), k, "tiled", tile),
+                    engine.column_select_above(jnp.asarray(s), jnp.asarray(thr), k, "tiled", tile)):
+            ms, mi = engine.merge_topk(jnp.asarray(run), jnp.asarray(run_i), sel[0], sel[1], k)
+            outs.append((np.asarray(ms), np.asarray(mi)))
+        np.testing.assert_array_equal(outs[0][0], outs[1][0])
+        np.testing.assert_array_equal(outs[0][1], outs[1][1])
+        # and the full-path result is the brute-force merge (score desc, row asc; earlier rows first)
+        allv = np.concatenate([run, s.T], axis=1)
+        alli = np.concatenate([run_i, np.broadcast_to(np.arange(b, dtype=np.int32), (n, b))], axis=1)
+        order = np.lexsort((alli, -allv), axis=1)[:, :k]
+        np.testing.assert_array_equal(outs[0][0], np.take_along_axis(allv, order, 1))
+    assert paths == {False, True}  # both paths ran
+
+
+def test_column_lists_exact_over_many_steps(rng):
+    """A pass long enough for the column lists to fill, so most tiles take the pruned path: column top-k equal
+    to the brute force (ties -> lower row), on 1 and 8 devices."""
+    a = (rng.integers(-3, 4, (3000, 6)) / 4.0).astype(np.float32)
+    b = (rng.integers(-3, 4, (200, 6)) / 4.0).astype(np.float32)
+    ref = _scores64(a, b, "ip")
+    spec = PassSpec(row_k=3, col_k=4, tile=8)
+    blocks = Blocks(bq=64, bdb=64, rows_per_device=256, chunk=None, ct=2)
+    res1 = tile_pass(a, b, spec, blocks=blocks, mesh=make_mesh(jax.devices()[:1]))
+    res8 = tile_pass(a, b, spec, blocks=blocks, mesh=make_mesh())
+    order = np.lexsort((np.broadcast_to(np.arange(3000), (200, 3000)), -ref.T), axis=1)[:, :4]
+    for res in (res1, res8):
+        np.testing.assert_array_equal(res.col_index, order)
+        np.testing.assert_array_equal(res.col_scores, np.take_along_axis(ref.T, order, 1).astype(np.float32))
+        _topk_ok(res.row_scores, res.row_index, ref, 3)
