@@ -453,8 +453,38 @@ def column_select(s, k: int, selection: str, tile: int):
     return cs, jnp.take_along_axis(rows.reshape(n, kk * tile), pos, axis=1).astype(jnp.int32)
 
 
-#: Row groups per column gathered by :func:`column_select_above` on its fast path.
+#: Groups per row (column) gathered by :func:`block_select_above` (:func:`column_select_above`) on the fast path.
 ABOVE_GROUPS = 4
+
+
+def block_select_above(s, thr, k: int, selection: str, tile: int, m: int = ABOVE_GROUPS):
+    """:func:`block_select` for a merge into running row lists whose k-th score is ``thr`` [b]: the same merged
+    result, cheaper once the lists are full (the row-wise twin of :func:`column_select_above`; columns come in
+    increasing order, so an element equal to thr loses its tie). Fast path: no row has more than ``m`` column
+    groups with a maximum > thr; then only the ``m`` groups with the largest maxima are gathered."""
+    b, n = s.shape
+    if selection == "top_k" or n % tile != 0 or n // tile <= m:
+        return block_select(s, k, selection, tile)
+    kk = min(k, m * tile)
+    nt = n // tile
+    st = s.reshape(b, nt, tile)
+    gm = st.max(axis=2)  # [b, nt]
+    crowded = jnp.max(jnp.sum((gm > thr[:, None]).astype(jnp.int32), axis=1)) > m
+
+    def fast(_):
+        _, tsel = lax.top_k(gm, m)
+        tsel = jnp.sort(tsel, axis=1)  # column order: the final top_k's tie rule is the index rule
+        cand = jnp.take_along_axis(st, tsel[:, :, None], axis=1)  # [b, m, tile]
+        cs, cpos = lax.top_k(cand.reshape(b, m * tile), kk)
+        pos = jnp.take_along_axis(tsel, cpos // tile, axis=1) * tile + cpos % tile
+        pad = ((0, 0), (0, min(k, n) - kk))
+        return jnp.pad(cs, pad, constant_values=_NEG_INF), jnp.pad(pos, pad).astype(jnp.int32)
+
+    def full(_):
+        cs, pos = block_select(s, k, selection, tile)
+        return cs, pos.astype(jnp.int32)
+
+    return lax.cond(crowded, full, fast, None)
 
 
 def column_select_above(s, thr, k: int, selection: str, tile: int, m: int = ABOVE_GROUPS):
@@ -634,9 +664,10 @@ def _device_step(spec: PassSpec, blocks: Blocks, x, rid, rlab, rsq, cx, clab, cs
         return (jnp.pad(cx[nfull * bdb:], pad + ((0, 0),)), jnp.pad(clab[nfull * bdb:], pad),
                 jnp.pad(csq[nfull * bdb:], pad), jnp.int32(nfull * bdb), jnp.bool_(True))
 
-    def per_tile(carry, qb, qid, qlab, qsq, tile):
+    def per_tile(carry, qb, qid, qlab, qsq, row_thr, tile):
         """All of the spec's reductions on one [bq, bdb] score tile. Returns the carry and the tile's row-wise
-        candidates (merged by the caller once per super-tile)."""
+        candidates (merged by the caller once per super-tile; row_thr [bq]: the running lists' k-th score before
+        this super-tile)."""
         rc, rm, col_s, col_i, hist, cbuf, crow, ccls, fill = carry
         tx, tl, tsq, start, live = tile
         s = _dot(qb, tx, spec.precision)
@@ -656,7 +687,7 @@ def _device_step(spec: PassSpec, blocks: Blocks, x, rid, rlab, rsq, cx, clab, cs
         out = {}
         if k:
             ms = jnp.where(valid, s, _NEG_INF)
-            bs, bp = block_select(ms, k, spec.selection, spec.tile)
+            bs, bp = block_select_above(ms, row_thr, k, spec.selection, spec.tile)
             out["row"] = (bs, jnp.where(jnp.isfinite(bs), col0 + start + bp, -1))
         if t1:
             gm = jnp.where(valid, s, _NEG_INF).reshape(bq, gpt, group).max(axis=2)
@@ -744,7 +775,8 @@ def _device_step(spec: PassSpec, blocks: Blocks, x, rid, rlab, rsq, cx, clab, cs
 
         def per_super(c2, sidx):
             rs, ri, rgv, rgi, inner = c2
-            inner, outs = lax.scan(lambda c3, t: per_tile(c3, qb, qid, qlab, qsq, full_tile(sidx * ct + t)),
+            thr = rs[:, -1]
+            inner, outs = lax.scan(lambda c3, t: per_tile(c3, qb, qid, qlab, qsq, thr, full_tile(sidx * ct + t)),
                                    inner, jnp.arange(ct))
             rs, ri, rgv, rgi = merge_rows(rs, ri, rgv, rgi, outs)
             return (rs, ri, rgv, rgi, inner), None
@@ -761,7 +793,7 @@ def _device_step(spec: PassSpec, blocks: Blocks, x, rid, rlab, rsq, cx, clab, cs
         elif nfull:
             (rs, ri, rgv, rgi, inner), _ = lax.scan(per_super, (rs, ri, rgv, rgi, inner), jnp.arange(nsuper))
         if rem:
-            inner, out = per_tile(inner, qb, qid, qlab, qsq, tail_tile())
+            inner, out = per_tile(inner, qb, qid, qlab, qsq, rs[:, -1], tail_tile())
             rs, ri, rgv, rgi = merge_rows(rs, ri, rgv, rgi, jax.tree_util.tree_map(lambda a: a[None], out))
         rc, rm = inner[:2]
         return inner[2:], (rs, ri, rc, rm, rgv, rgi)

@@ -234,18 +234,55 @@ def test_column_select_above_merges_like_column_select(rng):
     assert paths == {False, True}  # both paths ran
 
 
-def test_column_lists_exact_over_many_steps(rng):
-    """A pass long enough for the column lists to fill, so most tiles take the pruned path: column top-k equal
-    to the brute force (ties -> lower row), on 1 and 8 devices."""
-    a = (rng.integers(-3, 4, (3000, 6)) / 4.0).astype(np.float32)
-    b = (rng.integers(-3, 4, (200, 6)) / 4.0).astype(np.float32)
+def _lex_topk(ref, k):
+    """Brute-force top-k per row by (score desc, index asc)."""
+    order = np.lexsort((np.broadcast_to(np.arange(ref.shape[1]), ref.shape), -ref), axis=1)[:, :k]
+    return np.take_along_axis(ref, order, 1).astype(np.float32), order
+
+
+@pytest.mark.parametrize("shape,chunk", [((3000, 200), None), ((200, 3000), None), ((300, 3000), 640)])
+def test_topk_lists_exact_over_many_steps_and_super_tiles(rng, shape, chunk):
+    """Passes long enough for the row lists (many super-tiles) or the column lists (many steps) to fill, so most
+    tiles take the pruned paths: both top-k lists equal the brute force with heavy ties (ties -> lower index), on
+    1 and 8 devices, resident or streamed columns."""
+    a = (rng.integers(-3, 4, (shape[0], 6)) / 4.0).astype(np.float32)
+    b = (rng.integers(-3, 4, (shape[1], 6)) / 4.0).astype(np.float32)
+    a[::7] *= 0.5  # rows with smaller scores: their lists fill with lower values
     ref = _scores64(a, b, "ip")
     spec = PassSpec(row_k=3, col_k=4, tile=8)
-    blocks = Blocks(bq=64, bdb=64, rows_per_device=256, chunk=None, ct=2)
+    blocks = Blocks(bq=64, bdb=64, rows_per_device=256, chunk=chunk, ct=2)
     res1 = tile_pass(a, b, spec, blocks=blocks, mesh=make_mesh(jax.devices()[:1]))
     res8 = tile_pass(a, b, spec, blocks=blocks, mesh=make_mesh())
-    order = np.lexsort((np.broadcast_to(np.arange(3000), (200, 3000)), -ref.T), axis=1)[:, :4]
+    row_s, row_i = _lex_topk(ref, 3)
+    col_s, col_i = _lex_topk(ref.T, 4)
     for res in (res1, res8):
-        np.testing.assert_array_equal(res.col_index, order)
-        np.testing.assert_array_equal(res.col_scores, np.take_along_axis(ref.T, order, 1).astype(np.float32))
-        _topk_ok(res.row_scores, res.row_index, ref, 3)
+        np.testing.assert_array_equal(res.row_index, row_i)
+        np.testing.assert_array_equal(res.row_scores, row_s)
+        np.testing.assert_array_equal(res.col_index, col_i)
+        np.testing.assert_array_equal(res.col_scores, col_s)
+
+
+def test_block_select_above_merges_like_block_select(rng):
+    import jax.numpy as jnp
+
+    from synleak_jax.search import engine
+
+    k, tile, b, n = 4, 8, 48, 64
+    paths = set()
+    for case in range(20):
+        s = (rng.integers(-40, 41, (b, n)) / 8.0).astype(np.float32)
+        low = 39 if case % 2 else -40
+        run = -np.sort(-(rng.integers(low, 41, (b, k)) / 8.0).astype(np.float32), axis=1)
+        if case % 2 == 0:
+            run[:3] = -np.inf
+        run_i = np.where(np.isfinite(run), np.arange(k)[None, :], -1).astype(np.int32)  # lower columns
+        gm = s.reshape(b, n // tile, tile).max(axis=2)
+        paths.add(bool(((gm > run[:, -1:]).sum(1) > engine.ABOVE_GROUPS).any()))
+        outs = []
+        for sel in (engine.block_select(jnp.asarray(s), k, "tiled", tile),
+                    engine.block_select_above(jnp.asarray(s), jnp.asarray(run[:, -1]), k, "tiled", tile)):
+            ms, mi = engine.merge_topk(jnp.asarray(run), jnp.asarray(run_i), sel[0], sel[1] + 100, k)
+            outs.append((np.asarray(ms), np.asarray(mi)))
+        np.testing.assert_array_equal(outs[0][0], outs[1][0])
+        np.testing.assert_array_equal(outs[0][1], outs[1][1])
+    assert paths == {False, True}
