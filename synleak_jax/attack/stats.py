@@ -216,7 +216,8 @@ def _boschloo_log_g(k1: int, n1: int, k2: int, n2: int, rel_tol: float, block_ce
     first_x2 = np.maximum(0, all_s - n1)
     last_x2 = np.minimum(all_s, n2)
 
-    def log_cdf_rows(s_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def log_cdf_rows(s_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(log CDF, log survival P(X2 > x2 | s), valid) over the x2 cells of each total s."""
         x2 = first_x2[s_rows, None] + np.arange(width, dtype=np.int64)[None, :]
         valid = x2 <= last_x2[s_rows, None]
         x2c = np.where(valid, x2, first_x2[s_rows, None])
@@ -224,18 +225,26 @@ def _boschloo_log_g(k1: int, n1: int, k2: int, n2: int, rel_tol: float, block_ce
         log_pmf = log_comb(n2, x2c) + log_comb(n1, s_col - x2c) - log_comb(total, s_col)
         log_pmf = np.where(valid, log_pmf, -np.inf)
         log_cdf = np.logaddexp.accumulate(log_pmf, axis=1)
-        return np.where(valid, log_cdf, np.inf), x2
+        log_sf = np.concatenate([np.logaddexp.accumulate(log_pmf[:, ::-1], axis=1)[:, ::-1][:, 1:],
+                                 np.full((s_rows.size, 1), -np.inf)], axis=1)
+        return np.where(valid, log_cdf, np.inf), log_sf, valid
 
     s_obs = k1 + k2
-    row, x2 = log_cdf_rows(np.array([s_obs]))
+    row, row_sf, _ = log_cdf_rows(np.array([s_obs]))
     log_fisher = float(row[0, k2 - first_x2[s_obs]])
-    threshold = log_fisher + math.log1p(rel_tol)
+    # Ties: within rel_tol of the observed statistic. Near 1 the CDF has no digits left for that (1 - F_obs =
+    # 4e-13 for (1, 22, 21, 22): a tolerance of 1e-12 on F swallowed every table, and the p-value came out as
+    # Fisher's), so there the survival function P(X2 > x2 | s), summed on its own, is compared instead.
+    near_one = log_fisher > math.log(0.5)
+    threshold = float(row_sf[0, k2 - first_x2[s_obs]]) + math.log1p(-rel_tol) if near_one else \
+        log_fisher + math.log1p(rel_tol)
     log_g = np.full(total + 1, -np.inf)
     rows_per_block = max(1, block_cells // width)
     for start in range(0, total + 1, rows_per_block):
         s_rows = all_s[start:start + rows_per_block]
-        log_cdf, _ = log_cdf_rows(s_rows)
-        inside = log_cdf <= threshold  # a prefix of each row (the CDF grows along x2; invalid cells are +inf)
+        log_cdf, log_sf, valid = log_cdf_rows(s_rows)
+        # a prefix of each row: the CDF grows (the survival function falls) along x2
+        inside = valid & ((log_sf >= threshold) if near_one else (log_cdf <= threshold))
         n_inside = inside.sum(axis=1)
         has = n_inside > 0
         picked = log_cdf[np.arange(s_rows.size), np.maximum(n_inside - 1, 0)]
@@ -256,7 +265,7 @@ def boschloo_one_sided(k1: int, n1: int, k2: int, n2: int, *, rel_tol: float = 1
 
     Cost: :func:`boschloo_cells` log-space cells (memory bounded by ``block_cells``), plus the supremum search
     over ``(n1 + n2 + 1)`` terms per evaluated pi. Tables that differ from the observed statistic by less than
-    ``rel_tol`` (relative) count as ties (scipy's ``boschloo_exact`` uses 1e-13; 1e-9 was too loose for
+    ``rel_tol`` (relative to F, or to 1 - F when F > 1/2) count as ties (scipy's ``boschloo_exact`` uses 1e-13; 1e-9 was too loose for
     p-values near 1, where real differences are that small).
 
     Returns:

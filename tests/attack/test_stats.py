@@ -119,6 +119,15 @@ def test_boschloo_equals_scipy(rng):
         assert p <= p_fisher * (1 + 1e-12)
 
 
+def test_boschloo_near_one_is_not_fishers_p():
+    """A table whose Fisher p is 1 - 4e-13: ties must be judged on 1 - F there (a 1e-12 tolerance on F counted
+    every table as a tie and returned Fisher's p). Reference: exact rational arithmetic, 0.99999952316."""
+    p, p_fisher = stats.boschloo_one_sided(1, 22, 21, 22)
+    assert abs(p - 0.99999952316) < 1e-10 and p_fisher > 1 - 1e-12
+    ref = scipy_stats.boschloo_exact([[1, 21], [21, 1]], alternative="greater").pvalue
+    assert p == pytest.approx(ref, rel=1e-10)
+
+
 def test_boschloo_more_powerful_at_demo_size():
     # 50 vs 50 at a borderline difference: Boschloo rejects where Fisher does not (the reason it is the default).
     p_b, p_f = stats.boschloo_one_sided(12, 50, 5, 50)
