@@ -11,6 +11,8 @@ if "xla_force_host_platform_device_count" not in _flags:
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from tests.seeds import draw_seed  # noqa: E402
+
 
 @pytest.fixture
 def rng():
@@ -19,7 +21,4 @@ def rng():
     ``SYNLEAK_TEST_SEED=N`` replays one seed: how a failure seen in CI is reproduced, and how a test is swept over
     many seeds to check that a bound cannot fail by chance.
     """
-    fixed = os.environ.get("SYNLEAK_TEST_SEED")
-    seed = int(fixed) if fixed else int(np.random.SeedSequence().entropy % (2**32))
-    print(f"rng seed: {seed}")
-    return np.random.default_rng(seed)
+    return np.random.default_rng(draw_seed("rng"))

@@ -10,6 +10,7 @@ import torch
 from synleak_jax.models import registry
 from synleak_jax.weights import converters
 from synleak_jax.weights.mapping import WeightMappingError
+from tests.seeds import draw_seed
 from tests.models.torch_refs_other import InceptionResnetV1Ref, randomize_
 
 TOL = 1e-5
@@ -30,7 +31,7 @@ def save_and_read(state_dict, path) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def reference():
-    gen = torch.Generator().manual_seed(int(np.random.SeedSequence().entropy % 2**31))
+    gen = torch.Generator().manual_seed(draw_seed("torch reference weights"))
     return randomize_(InceptionResnetV1Ref(num_logits=8631), gen)
 
 

@@ -10,13 +10,14 @@ import torch
 from synleak_jax.models import registry
 from synleak_jax.weights import converters
 from synleak_jax.weights.mapping import WeightMappingError
+from tests.seeds import draw_seed
 from tests.models.test_facenet import TOL, rel_err, save_and_read
 from tests.models.torch_refs_other import Sphere20aRef, randomize_
 
 
 @pytest.fixture(scope="module")
 def reference():
-    gen = torch.Generator().manual_seed(int(np.random.SeedSequence().entropy % 2**31))
+    gen = torch.Generator().manual_seed(draw_seed("torch reference weights"))
     return randomize_(Sphere20aRef(classnum=1000), gen)
 
 
