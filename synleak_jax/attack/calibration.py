@@ -28,7 +28,7 @@ from absl import logging
 
 from synleak_jax import units
 from synleak_jax.attack import pairs, stats
-from synleak_jax.search.engine import RowSubset, key_scores, score_keys
+from synleak_jax.search.engine import RowSubset, Source, as_source, key_scores, score_keys
 
 
 @dataclasses.dataclass
@@ -271,7 +271,7 @@ def calibrate_embeddings(
       mesh: the engine's mesh (default: every device of every process); results are identical for any mesh.
       pilot: run the pilot (default: when N >= PILOT_MIN_ROWS). It changes the number of passes, never a result.
     """
-    n = int(embeddings.shape[0])
+    n = as_source(embeddings, "embeddings").n
     lab = None if labels is None else np.asarray(labels)
     fixed = dict(fixed_thresholds or {})
     fixed_keys = [score_keys(np.float32(units.from_native(metric, v))) for v in fixed.values()]
@@ -280,7 +280,7 @@ def calibrate_embeddings(
     pilot_note = ""
     if pilot if pilot is not None else n >= PILOT_MIN_ROWS:
         rows = _pilot_rows(lab, n)
-        sub = RowSubset(embeddings, rows)
+        sub = RowSubset(embeddings.x if isinstance(embeddings, Source) else embeddings, rows)
         ph = pairs.key_histogram(sub, None if lab is None else lab[rows], metric, mesh=mesh)
         predicted = _predict_bins(ph, fmrs, pairs.genuine_key_counts(embeddings, lab, metric))
         pilot_note = f"; pilot over {rows.size:,} images chose the bins"

@@ -6,6 +6,7 @@ import pytest
 from synleak_jax.attack import calibration
 from synleak_jax.attack import pairs
 from synleak_jax.search import make_mesh
+from synleak_jax.search.engine import Source
 
 
 def _brute(x, labels, metric):
@@ -139,7 +140,8 @@ def test_pilot_predicts_the_bins_one_pass_and_same_answer_without_it(rng):
     x += 0.6 * np.repeat(rng.normal(size=(n // 10, d)).astype(np.float32) / np.sqrt(d), 10, axis=0)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     fixed = {"published 0.3": 0.3}
-    a = calibration.calibrate_embeddings(x, lab, [1e-2, 1e-3], metric="cosine", pilot=True, fixed_thresholds=fixed)
+    a = calibration.calibrate_embeddings(Source(x, "members"), lab, [1e-2, 1e-3], metric="cosine", pilot=True,
+                                         fixed_thresholds=fixed)  # a Source too: the pilot reads its rows
     b = calibration.calibrate_embeddings(x, lab, [1e-2, 1e-3], metric="cosine", pilot=False, fixed_thresholds=fixed)
     assert "; 1 pass; pilot over" in a.method and "; 2 passes)" in b.method
     assert [t.to_dict() for t in a.thresholds] == [t.to_dict() for t in b.thresholds]
