@@ -21,14 +21,17 @@ def _brute(a, la, b, lb, metric):
     return pairs.pair_scores_np(a, b, metric).ravel(), ((la[:, None] == lb[None, :]) & (la[:, None] >= 0)).ravel()
 
 
+def _labelled_sets(rng, mode):
+    """(a, labels_a, b, labels_b): one quantised labelled set ("self": b None) or two ("cross")."""
+    a, la = _quantised(rng, 150, 6), rng.integers(0, 12, 150)
+    if mode != "cross":
+        return a, la, None, None
+    return a, la, _quantised(rng, 90, 6), rng.integers(0, 12, 90)
+
+
 @pytest.mark.parametrize("mode", ["self", "cross"])
 def test_histogram_counts_equal_brute_force(rng, mode):
-    a = _quantised(rng, 150, 6)
-    la = rng.integers(0, 12, 150)
-    b = lb = None
-    if mode == "cross":
-        b = _quantised(rng, 90, 6)
-        lb = rng.integers(0, 12, 90)
+    a, la, b, lb = _labelled_sets(rng, mode)
     scores, same = _brute(a, la, b, lb, "cosine")
     bins = pairs.Bins(-1.37, 1.41, 97)  # edges that no k/64 score hits exactly
     h = pairs.histogram(a, la, "cosine", bins, y=b, y_labels=lb)
@@ -102,12 +105,7 @@ def test_key_histogram_equals_brute_force_keys(rng, mode, metric):
 
     from synleak_jax.search import make_mesh
 
-    a = _quantised(rng, 150, 6)
-    la = rng.integers(0, 12, 150)
-    b = lb = None
-    if mode == "cross":
-        b = _quantised(rng, 90, 6)
-        lb = rng.integers(0, 12, 90)
+    a, la, b, lb = _labelled_sets(rng, mode)
     scores, same = _brute(a, la, b, lb, metric)
     top, low = pairs.score_keys(scores.astype(np.float32))
     refine = sorted(set(top[np.argsort(-scores)[[0, 5, 40]]].tolist()) | {int(top[0])})
