@@ -446,7 +446,7 @@ def fit_database(ndb: int, dim: int, nq: int, approx_block: int, memory_bytes: i
         if b > 128:
             b //= 2
         else:
-            n //= 2
+            n = max(65536, n // 2)  # the documented floor (1,000,000 halves to 62,500 otherwise)
     note = (f"fits {memory_bytes / 2**30:.1f} GiB as planned" if (n, b) == (ndb, approx_block) else
             f"scaled to fit {memory_bytes / 2**30:.1f} GiB: ndb {ndb} -> {n}, approx block {approx_block} -> {b}")
     return n, b, note
@@ -977,9 +977,20 @@ def part_audit(ctx: PartContext) -> None:
     except ImportError:
         pass
     ctx.log(f"run_bench({sizes})")
+    # bench_audit runs the audit in a child process of its own, which does not inherit this process's sys.path:
+    # the carried wheels (ml-collections for the configs, Pillow, matplotlib, jsonschema for the report) reach it
+    # through PYTHONPATH. There the site folder precedes the image's site-packages; the carried wheels are the
+    # packages the image lacks, so none of the image's own is shadowed.
+    if SITE_DIR in sys.path:
+        os.environ["PYTHONPATH"] = os.pathsep.join([p for p in [os.environ.get("PYTHONPATH")] if p] + [SITE_DIR])
     t = time.perf_counter()
     try:
         extra = {"reference": False} if "reference" in params else {}  # no faiss on the device image
+        # its generated embeddings (~3.7 GB at the device sizes) and its audit output in the work folder, which the
+        # parent removes at the end (the defaults are under the system's temporary folder and stay)
+        for key, folder in (("data_dir", "audit_data"), ("out", "audit_out")):
+            if key in params:
+                extra[key] = ctx.work_path(folder)
         result = run_bench(**sizes, **extra)
         # bench_audit.run_bench returns its per-stage seconds under "stages" beside the detail
         stages = dict(result.get("stages", result)) if isinstance(result, dict) else result

@@ -40,8 +40,11 @@ import sys
 import zipfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WHEELS_DIR = os.path.join(REPO, ".device_wheels", "wheels")  # carried to the device
-SITE_DIR = os.path.join(REPO, ".device_wheels", "site")  # unpacked there by device_check.py
+# The wheels' root folder: <repo>/.device_wheels unless SYNLEAK_DEVICE_WHEELS_DIR names another (the tests'
+# imitation of the device image uses a temporary one, so a real carried set is never touched).
+DEVICE_WHEELS_ROOT = os.environ.get("SYNLEAK_DEVICE_WHEELS_DIR") or os.path.join(REPO, ".device_wheels")
+WHEELS_DIR = os.path.join(DEVICE_WHEELS_ROOT, "wheels")  # carried to the device
+SITE_DIR = os.path.join(DEVICE_WHEELS_ROOT, "site")  # unpacked there by device_check.py
 MANIFEST = "manifest.json"
 SITE_MARKER = ".manifest-sha256"
 

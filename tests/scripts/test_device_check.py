@@ -71,13 +71,20 @@ SITECUSTOMIZE = '''"""Imitates the GPU machine's image: written by tests/scripts
 import sys
 
 BLOCKED = frozenset({blocked!r})
+CARRIED = frozenset({carried!r})
+SITE = {site!r}
 
 
 class DeviceImageBlocker:
     def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in BLOCKED:
+        top = name.partition(".")[0]
+        if top in BLOCKED:
             raise ModuleNotFoundError(
                 f"No module named {{name!r}} (not on the GPU image; blocked by test_device_check)", name=name)
+        if top in CARRIED and SITE not in sys.path:
+            raise ModuleNotFoundError(
+                f"No module named {{name!r}} (a carried wheel: only where the unpacked site folder {{SITE}} is on "
+                f"sys.path; blocked by test_device_check)", name=name)
         return None
 
 
@@ -91,8 +98,17 @@ def device_env(tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("device_image")
     blocked = blocked_modules()
     assert "grain" in blocked or importlib.util.find_spec("grain") is None
-    (folder / "sitecustomize.py").write_text(SITECUSTOMIZE.format(blocked=blocked))
+    # The carried wheels are importable only through the unpacked site folder, as on the device (there they are
+    # installed nowhere else): an empty one here, under a wheels root of the test's own (the venv's copies are
+    # what loads, but only in a process that put the folder on sys.path).
+    wheels_root = tmp_path_factory.mktemp("device_wheels")
+    site = wheels_root / "site"
+    site.mkdir()
+    (folder / "sitecustomize.py").write_text(SITECUSTOMIZE.format(blocked=blocked, carried=sorted(DEVICE_WHEEL_MODULES),
+                                                                  site=str(site)))
     env = dict(os.environ)
+    env["SYNLEAK_DEVICE_WHEELS_DIR"] = str(wheels_root)
+    env["DEVICE_SITE"] = str(site)  # for the tests below
     env["PYTHONPATH"] = os.pathsep.join([str(folder), REPO] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     # One CPU device, as the GPU machine has one accelerator (conftest forces 8 host devices for the suite).
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
@@ -102,20 +118,27 @@ def device_env(tmp_path_factory) -> dict:
 
 
 def test_blocker_imitates_the_image(device_env):
-    """The imitation itself: lacking packages fail to import, the image's and the carried ones import."""
-    code = ("import importlib\n"
+    """The imitation itself: lacking packages fail to import, the image's import, the carried ones import only
+    where the unpacked site folder is on sys.path."""
+    code = ("import importlib, os, sys\n"
             "def ok(m):\n"
             "    try:\n        importlib.import_module(m); return True\n"
             "    except ImportError:\n        return False\n"
-            "print({m: ok(m) for m in ['grain', 'simplejpeg', 'tensorflow_datasets', 'faiss', 'skimage', 'jax', "
-            "'torch', 'flax', 'ml_collections', 'PIL', 'matplotlib', 'jsonschema', 'synleak_jax']})")
+            "found = {m: ok(m) for m in ['grain', 'simplejpeg', 'tensorflow_datasets', 'faiss', 'skimage', 'jax', "
+            "'torch', 'flax', 'ml_collections', 'synleak_jax']}\n"
+            "sys.path.append(os.environ['DEVICE_SITE'])\n"
+            "found.update({m + ' (site on sys.path)': ok(m) for m in ['ml_collections', 'PIL', 'matplotlib', "
+            "'jsonschema', 'grain']})\n"
+            "print(found)")
     proc = subprocess.run([sys.executable, "-c", code], env=device_env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     found = eval(proc.stdout.strip().splitlines()[-1])  # a dict literal printed by the child
     assert all(found[m] for m in ("jax", "torch", "flax", "synleak_jax")), found  # the image
-    assert all(found[m] for m in ("ml_collections", "PIL", "matplotlib", "jsonschema")), found  # carried wheels
-    assert not any(found[m] for m in ("grain", "simplejpeg", "tensorflow_datasets", "faiss", "skimage")), found
+    assert not found["ml_collections"], found  # a carried wheel, without the site folder
+    assert all(found[f"{m} (site on sys.path)"] for m in ("ml_collections", "PIL", "matplotlib", "jsonschema")), found
+    assert not any(found[m] for m in ("grain", "simplejpeg", "tensorflow_datasets", "faiss", "skimage",
+                                      "grain (site on sys.path)")), found
 
 
 def test_part_imports_on_the_device_image(device_env):
@@ -182,8 +205,13 @@ def test_smoke_run_writes_every_section(device_env, tmp_path):
     assert _figure(backbone, "JAX float32 vs torch float32")["value"] <= 1e-4
     assert _figure(backbone, "JAX bf16 vs JAX float32")["value"] >= 0.99
 
-    # audit: numbers, or an explicit reason it was skipped
-    assert _numbers(audit) or (audit["skipped"] and all(s["reason"] for s in audit["skipped"])), audit
+    # audit: scripts/bench_audit.py's run_bench, whose audit runs in a child process of its own (it must reach the
+    # carried wheels too): the total and the per-stage seconds
+    assert audit["status"] == {"audit": "ok"} and not audit["skipped"], audit["skipped"]
+    total = _figure(audit, "audit from embeddings 2,000 x 1,000 x 512")
+    assert total["value"] > 0 and total["unit"] == "s", total
+    stages = {f["figure"] for f in audit["figures"]}
+    assert {"stage calibration", "stage members_x_synthetic", "stage nonmembers_x_synthetic"} <= stages, stages
     md = (out / "device_check.md").read_text()
     assert "| section | figure | value | same-run reference | ratio | target |" in md
     assert "exact top-k bf16_certified" in md and "iresnet18" in md
@@ -243,3 +271,34 @@ def test_audit_slot_names_a_module_the_device_lacks(device_env, tmp_path):
     (skip,) = audit["skipped"]
     assert "grain" in skip["reason"] and "not on the device image" in skip["reason"], skip
     assert not audit["figures"]
+
+
+def test_sizes_adapt_to_device_memory():
+    """The device run's sizes: as planned on an H100/H200, halved on a smaller device until they fit (issue #16
+    item 2), as planned when the memory is unknown. Budgets written out here from docs/device_check.md."""
+    from scripts import device_check as dc
+
+    gib = 2**30
+    full = dc.FULL
+    for mem in (80 * gib, 141 * gib, None):  # H100, H200, unknown: the issue's sizes
+        assert dc.fit_database(full.ndb, full.dim, full.nq, full.approx_query_block, mem)[:2] == (1_000_000, 1024)
+        assert dc.backbone_batch(full, mem)[0] == 512
+        assert dc.audit_sizes(full, 100_000, mem)[0] == {"n_synthetic": 1_200_000, "n_members": 494_000,
+                                                          "n_nonmembers": 100_000, "dim": 512}
+
+    def search_bytes(ndb, block):  # float32 + bf16 database, float32 queries, 3 x float32 [block, ndb], 2 GiB
+        return ndb * 512 * (4 + 2) + full.nq * 512 * 4 + 3 * block * ndb * 4 + 2 * gib
+
+    for mem in (24 * gib, 16 * gib, 8 * gib):
+        ndb, block, note = dc.fit_database(full.ndb, full.dim, full.nq, full.approx_query_block, mem)
+        assert search_bytes(ndb, block) <= 0.6 * mem and "scaled" in note, (mem, ndb, block)
+        # the largest halving that fits: the step before did not
+        bigger = (ndb * 2, block) if block <= 128 else (ndb, block * 2)
+        assert ndb == full.ndb and block == 1024 or search_bytes(*bigger) > 0.6 * mem, (mem, ndb, block)
+        batch = dc.backbone_batch(full, mem)[0]
+        assert batch * 24 * 2**20 <= 0.5 * mem < batch * 2 * 24 * 2**20 and 512 % batch == 0, (mem, batch)
+        sizes = dc.audit_sizes(full, 100_000, mem)[0]
+        rows = sizes["n_synthetic"] + sizes["n_members"] + sizes["n_nonmembers"]
+        assert rows * 512 * 4 * 4 <= 0.5 * mem < 2 * rows * 512 * 4 * 4 * 1.001, (mem, sizes)
+    # a device too small for even the floor: the floor (65,536 rows, blocks of 128), not less
+    assert dc.fit_database(full.ndb, full.dim, full.nq, full.approx_query_block, 2 * gib)[:2] == (65_536, 128)
