@@ -10,8 +10,11 @@ deviation". Scenarios:
 * ``clopper_pearson``: a rate k/n (matched members, matched synthetic images) at several (n, p).
 * ``newcombe``: the members-minus-control rate difference.
 * ``delong``: the membership AUC (binormal scores, equal variances: AUC = Phi(mu / sqrt 2)), logit and clip.
-* ``bootstrap``: the identity bootstrap of the AUC when 5 images per identity share an identity effect
-  (clustered data), beside DeLong on the same data (which treats the images as independent).
+* ``tpr_at_fpr``: the TPR and FPR intervals at the operating point picked on the same scores (truth: the picked
+  threshold's population rates).
+* ``epsilon``: the one-sided epsilon lower bound of one operating point (holds when <= the true epsilon).
+* ``bootstrap``: the identity bootstrap of the AUC (and of the TPR at FPR 0.1) when 5 images per identity share
+  an identity effect (clustered data), beside DeLong on the same data (which treats the images as independent).
 * ``fmr_bootstrap``: the identity bootstrap of the achieved FMR at a fixed tau from all impostor pairs of K
   identities whose scores share identity effects (pair score = u_i + u_j + e_ij), with and without the pair
   correction, beside a Clopper-Pearson interval over the pairs (which treats them as independent).
@@ -78,6 +81,43 @@ def delong(sims: int, rng: np.random.Generator) -> list[dict]:
     return rows
 
 
+def tpr_at_fpr(sims: int, rng: np.random.Generator) -> list[dict]:
+    """TPR and FPR intervals at the operating point the card picks on the same scores (largest TPR with FPR <=
+    target): the truth is the population TPR / FPR of the picked threshold (binormal, unit variances)."""
+    rows = []
+    for m, n, auc, target in [(50, 50, 0.79, 0.1), (1000, 1000, 0.9, 0.01), (200, 2000, 0.97, 1e-3)]:
+        mu = math.sqrt(2) * scipy_stats.norm.ppf(auc)
+        tpr_hits = fpr_hits = 0
+        for _ in range(sims):
+            x, y = rng.normal(mu, 1, m), rng.normal(0, 1, n)
+            (p,) = stats.tpr_at_fpr_ci(x, y, [target], 0.95)
+            thr = math.inf if p.threshold is None else p.threshold  # "member" iff score >= thr
+            tpr_hits += p.tpr_ci[0] <= scipy_stats.norm.sf(thr - mu) <= p.tpr_ci[1]
+            fpr_hits += p.fpr_ci[0] <= scipy_stats.norm.sf(thr) <= p.fpr_ci[1]
+        setting = f"m={m} n={n} AUC={auc} target FPR={target:g}"
+        for name, hits in (("tpr_at_fpr_tpr_ci", tpr_hits), ("tpr_at_fpr_fpr_ci", fpr_hits)):
+            rows.append({"scenario": name, "setting": setting, "coverage": float(hits / sims), "sims": sims})
+    return rows
+
+
+def epsilon(sims: int, rng: np.random.Generator) -> list[dict]:
+    """The epsilon lower bound of one operating point: members matched ~ Binom(n1, p1), non-members ~
+    Binom(n2, p2); the truth log((p1 - delta) / p2) must be >= the bound. "coverage" = share of audits where it
+    is (a one-sided 95% bound: >= 0.95 is correct; no bound counts as holding)."""
+    rows = []
+    delta = 1e-5
+    for n1, p1, n2, p2 in [(50, 0.64, 50, 0.18), (1000, 0.05, 1000, 0.01), (100_000, 0.002, 20_000, 0.0005)]:
+        truth = math.log((p1 - delta) / p2)
+        k1, k2 = rng.binomial(n1, p1, sims), rng.binomial(n2, p2, sims)
+        held = 0
+        for a, b in zip(k1.tolist(), k2.tolist()):
+            bound = stats.epsilon_lower_bound(a, n1, b, n2, delta=delta, confidence=0.95).epsilon_lower_bound
+            held += bound is None or bound <= truth
+        rows.append({"scenario": "epsilon_lower_bound", "setting": f"{n1} at {p1} vs {n2} at {p2} (eps {truth:.3f})",
+                     "coverage": held / sims, "sims": sims})
+    return rows
+
+
 def _clustered(rng, ids_m, ids_n, per_id, mu, sd_identity, sd_image):
     m_ids = np.repeat(np.arange(ids_m), per_id)
     n_ids = np.repeat(np.arange(ids_n), per_id)
@@ -91,17 +131,25 @@ def bootstrap(sims: int, rng: np.random.Generator, replicates: int = 1000) -> li
     for ids, per_id, auc in [(50, 5, 0.79), (200, 5, 0.9)]:
         sd_identity, sd_image = 0.8, 0.6
         mu = math.sqrt(2 * (sd_identity ** 2 + sd_image ** 2)) * scipy_stats.norm.ppf(auc)
-        boot_hits = delong_hits = 0
+        # TPR at FPR 0.1: every score has variance sd_identity^2 + sd_image^2 = 1, so the population threshold
+        # is isf(0.1) and its TPR sf(isf(0.1) - mu).
+        target = 0.1
+        tpr_truth = scipy_stats.norm.sf(scipy_stats.norm.isf(target) - mu)
+        boot_hits = delong_hits = tpr_hits = 0
         for s in range(sims):
             x, m_ids, y, n_ids = _clustered(rng, ids, ids, per_id, mu, sd_identity, sd_image)
-            b = stats.identity_bootstrap_membership(x, m_ids, y, n_ids, target_fprs=(), replicates=replicates,
+            b = stats.identity_bootstrap_membership(x, m_ids, y, n_ids, target_fprs=(target,), replicates=replicates,
                                                     seed=s)
             boot_hits += b.auc_ci[0] <= auc <= b.auc_ci[1]
+            ci = b.tpr_at_fpr[0]["tpr_ci"]
+            tpr_hits += ci[0] <= tpr_truth <= ci[1]
             d = stats.auc_ci(x, y, 0.95)
             delong_hits += d.auc_ci is not None and d.auc_ci[0] <= auc <= d.auc_ci[1]
         setting = f"{ids}+{ids} identities x {per_id} images, AUC={auc}, identity sd {sd_identity}, image sd {sd_image}"
         rows.append({"scenario": "identity_bootstrap_auc", "setting": setting, "coverage": boot_hits / sims,
                      "sims": sims, "replicates": replicates})
+        rows.append({"scenario": "identity_bootstrap_tpr", "setting": f"{setting}, TPR at FPR {target:g}",
+                     "coverage": float(tpr_hits / sims), "sims": sims, "replicates": replicates})
         rows.append({"scenario": "delong_on_clustered", "setting": setting, "coverage": delong_hits / sims,
                      "sims": sims})
     return rows
@@ -136,8 +184,8 @@ def fmr_bootstrap(sims: int, rng: np.random.Generator, replicates: int = 1000) -
     return rows
 
 
-SCENARIOS = {"clopper_pearson": clopper_pearson, "newcombe": newcombe, "delong": delong, "bootstrap": bootstrap,
-             "fmr_bootstrap": fmr_bootstrap}
+SCENARIOS = {"clopper_pearson": clopper_pearson, "newcombe": newcombe, "delong": delong, "tpr_at_fpr": tpr_at_fpr,
+             "epsilon": epsilon, "bootstrap": bootstrap, "fmr_bootstrap": fmr_bootstrap}
 
 
 def run(sims: int, seed: int = 0, which=tuple(SCENARIOS), replicates: int = 1000) -> list[dict]:

@@ -135,6 +135,14 @@ class LeakageCard:
             "epsilon_reason": self.epsilon_reason, "epsilon_meaning": self.epsilon_meaning,
             "cannot_say": list(self.cannot_say)})
 
+    def interval(self, count: int | None, total: int | None) -> list[float] | None:
+        """The card's interval for any other count over a total (report.json's ``leakage[]`` rows): the
+        Clopper-Pearson ``[lo, hi]`` of ``count / total`` at the card's ``confidence``; None when either is None
+        or the total is 0."""
+        if count is None or total is None:
+            return None
+        return stats.rate_with_ci(int(count), int(total), self.confidence).ci
+
     def terminal_lines(self) -> list[str]:
         """A short plain-text summary (the terminal's view of the card), control counts included."""
         lines = [f"[{self.matcher}] verdict: {self.verdict}", f"  {self.verdict_detail}"]

@@ -30,7 +30,7 @@ from synleak_jax.files import to_jsonable
 
 #: Boschloo's exact test costs one conditional (hypergeometric) CDF per table of the sample space:
 #: (n1 + n2 + 1) * (min(n1, n2) + 1) log-space cells. Above this many cells the member-vs-control test falls back
-#: to Fisher's exact test (its p-value is one hypergeometric tail). 2.5e7 cells take ~2 s here (BENCHMARKS.md,
+#: to Fisher's exact test (its p-value is one hypergeometric tail). 2.5e7 cells take ~2.6 s here (BENCHMARKS.md,
 #: "Leakage-card statistics"), e.g. 3,500 members vs 3,500 non-members; at such sizes the two p-values differ by a
 #: few per cent of themselves, so the power lost by the fallback is small.
 BOSCHLOO_MAX_CELLS = 25_000_000
@@ -337,7 +337,7 @@ def member_vs_control(members_matched: int, n_members: int, nonmembers_matched: 
     (:func:`boschloo_cells`), Fisher's exact test above. Why: both are exact (the false-positive rate never
     exceeds alpha), Boschloo is uniformly more powerful than Fisher (it orders tables by Fisher's p-value but
     does not condition on the total matched, which makes Fisher conservative, markedly so at small n such as
-    50 vs 50), but its cost grows as n1 * n2 — about 2 s at 2.5e7 cells here — and at the sizes where it becomes
+    50 vs 50), but its cost grows as n1 * n2 — about 2.6 s at 2.5e7 cells here — and at the sizes where it becomes
     too slow the two p-values nearly agree (BENCHMARKS.md). ``test="boschloo"`` or ``"fisher"`` forces one.
 
     Args:

@@ -73,8 +73,11 @@ def _native_group_row(r: dict, metric: str) -> dict:
     return out
 
 
-def _leak_entry(lk, real_set: str, metric: str, top: int) -> dict:
-    """Exact counts at one threshold against one real set (members, or the non-member control)."""
+def _leak_entry(lk, real_set: str, metric: str, top: int, interval=None) -> dict:
+    """Exact counts at one threshold against one real set (members, or the non-member control).
+
+    ``interval(count, total) -> [lo, hi] | None``: the card's interval (``LeakageCard.interval``, Clopper-Pearson
+    at the report's confidence); each count over a total gets it as ``<count>_ci`` (None without a card)."""
     row = _threshold_head(lk.source, lk.fmr, lk.tau_native)
     row.update(
         real_set=real_set, n_synthetic=int(lk.n_synthetic), synthetic_matched=int(lk.synthetic_matched),
@@ -84,6 +87,9 @@ def _leak_entry(lk, real_set: str, metric: str, top: int) -> dict:
         real_identities_matched=lk.real_identities_matched, n_real_identities=lk.real_identities_total,
         n_pairs=int(lk.n_pairs), truncated_synthetic_queries=int(lk.truncated_synthetic_queries),
         truncated_real_queries=int(lk.truncated_real_queries))
+    for name, total in (("synthetic_matched", "n_synthetic"), ("real_images_matched", "n_real"),
+                        ("real_identities_matched", "n_real_identities")):
+        row[name + "_ci"] = None if interval is None else interval(row[name], row[total])
     if lk.per_synthetic_class:
         row["per_synthetic_class_top"] = [_native_group_row(r, metric) for r in lk.per_synthetic_class[:top]]
     if lk.per_real_identity:
@@ -301,14 +307,15 @@ def _section(cfg, out_dir: str, res, datasets: dict, write: bool) -> dict:
     """The report's section for one matcher."""
     metric = res.metric
     top = int(cfg.report.per_group_top)
+    interval = res.card.interval if res.card is not None else None
     return {
         "name": res.name, "metric": metric, "unit": units.short_unit(metric), "native_unit": units.native_unit(metric),
         "more_similar": units.more_similar_is(metric), "weights": res.weights, "input_spec": res.input_spec,
         "stores": {r: {"path": s.path, "manifest": _manifest_summary(s.manifest)} for r, s in res.sets.items()},
         "card": _card_entry(res.card, metric),
         "calibration": _calibration_entry(res.calibration),
-        "leakage": [_leak_entry(lk, "members", metric, top) for lk in res.leaks],
-        "leakage_control": [_leak_entry(lk, "nonmembers", metric, top) for lk in res.leaks_control or []],
+        "leakage": [_leak_entry(lk, "members", metric, top, interval) for lk in res.leaks],
+        "leakage_control": [_leak_entry(lk, "nonmembers", metric, top, interval) for lk in res.leaks_control or []],
         "membership": _membership_entry(res, datasets),
         "identity_relation": _identity_entry(res.identity_relation),
         "distributions": _distributions_entry(res.real_vs_generated),

@@ -554,8 +554,12 @@ def test_coverage_simulation_reduced():
     assert all(0.91 <= r["coverage"] <= 0.99 for r in by["newcombe"])
     # DeLong (logit): nominal except near AUC 1 with few members (0.925 at 1,000 simulations).
     assert all(r["coverage"] >= 0.88 for r in by["delong_logit"])
+    # TPR / FPR at the operating point picked on the same scores: Clopper-Pearson of the picked threshold's rates
+    # (0.941-0.980 at 1,000 simulations). The epsilon bound is one-sided and conservative (held 0.997-0.998).
+    assert all(r["coverage"] >= 0.91 for r in by["tpr_at_fpr_tpr_ci"] + by["tpr_at_fpr_fpr_ci"])
+    assert all(r["coverage"] >= 0.95 for r in by["epsilon_lower_bound"])
     # Clustered images: the identity bootstrap covers, DeLong (images as independent) does not.
-    assert all(0.90 <= r["coverage"] <= 0.99 for r in by["identity_bootstrap_auc"])
+    assert all(0.90 <= r["coverage"] <= 0.99 for r in by["identity_bootstrap_auc"] + by["identity_bootstrap_tpr"])
     assert all(r["coverage"] < 0.85 for r in by["delong_on_clustered"])
     # Pairs sharing identities: the pair-corrected bootstrap covers; the attributed one and a binomial interval
     # over the pairs do not when identities have effects (the first two settings).

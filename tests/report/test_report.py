@@ -122,6 +122,67 @@ def test_report_validates_and_is_in_native_units(audit):
         assert x["real_images_matched"] == int((d_syn_mem.min(1) < x["tau_native"] - 1e-6).sum())
 
 
+def test_every_count_has_its_interval_and_the_fmr_interval_its_identity_counts(audit):
+    """Each count over a total in report.json carries its Clopper-Pearson interval (statsmodels' "beta" here),
+    and the card's achieved-FMR interval is the identity bootstrap of per-identity impostor counts computed here
+    from the members' distances (not from the audit's pair engine)."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    from synleak_jax.attack import stats
+
+    rep = json.loads((audit.out / "report.json").read_text())
+    (m,) = rep["matchers"]
+    card = m["card"]
+    conf = card["confidence"]
+    for row in m["leakage"] + m["leakage_control"]:
+        for name, total in (("synthetic_matched", "n_synthetic"), ("real_images_matched", "n_real"),
+                            ("real_identities_matched", "n_real_identities")):
+            if row[total] is None or row[name] is None:
+                assert row[name + "_ci"] is None, name
+            else:
+                ref = proportion_confint(row[name], row[total], alpha=1 - conf, method="beta")
+                assert row[name + "_ci"] == pytest.approx(list(ref), rel=1e-10, abs=1e-15), name
+    assert m["leakage"][0]["real_identities_matched_ci"] is not None  # members are labelled
+    for row, ctrl, t in zip(m["leakage"], m["leakage_control"], card["thresholds"]):
+        assert row["synthetic_matched_ci"] == t["synthetic_matched_ci"]
+        assert row["real_images_matched_ci"] == t["real_images_matched_ci"]
+        assert ctrl["real_images_matched_ci"] == t["nonmembers_matched_ci"]
+
+    s = audit.sets
+    x = s["members"].astype(np.float64)
+    lab = s["member_labels"]
+    d = np.linalg.norm(x[:, None] - x[None], axis=2)
+    impostor = lab[:, None] != lab[None, :]
+    ids = np.unique(lab)
+    pairs_per_identity = np.array([impostor[lab == i].sum() for i in ids])  # ordered: each pair for both ids
+    for t in card["thresholds"]:
+        above = (d < t["tau_native"] - 1e-6) & impostor
+        above_per_identity = np.array([above[lab == i].sum() for i in ids])
+        ref = stats.identity_bootstrap_fmr(above_per_identity, pairs_per_identity,
+                                           replicates=audit.rep["config"]["report"]["bootstrap_replicates"],
+                                           confidence=conf)
+        assert t["impostor_pairs"] == pairs_per_identity.sum() // 2 == ref.impostor_pairs
+        assert t["achieved_fmr_ci"] == pytest.approx(ref.achieved_fmr_ci, rel=1e-12, abs=1e-15)
+
+
+def test_html_and_terminal_say_leakage_detected_only_when_the_test_rejects():
+    """12/50 members vs 10/50 non-members (Boschloo p ~ 0.4): the page's card and the terminal give the
+    not-significant verdict with its reading, never "leakage detected"; 35/50 vs 10/50 gives it."""
+    for members, verdict in ((12, "no significant excess over the non-member control"), (35, "leakage detected")):
+        c = card_lib.leakage_card("m", [card_lib.ThresholdCounts(
+            fmr=1e-3, tau_native=0.4, synthetic_matched=3, n_synthetic=100, real_images_matched=members, n_real=50,
+            nonmembers_matched=10, n_nonmembers=50)])
+        rejected = c.thresholds[0].member_vs_control.rejected
+        assert rejected == (verdict == "leakage detected")
+        section = html._card({"name": "m", "native_unit": "cosine similarity",
+                              "card": assemble._card_entry(c, "cosine")})
+        lines = assemble._summary_lines({"m": types.SimpleNamespace(name="m", card=c)}, {"datasets": {}})
+        assert f"data-verdict='{verdict}'" in section and lines[0] == f"[m] verdict: {verdict}"
+        if not rejected:
+            assert "leakage detected" not in section and "leakage detected" not in " ".join(lines)
+            assert "absence of evidence, not evidence of absence" in section
+
+
 def test_published_threshold_has_no_target_fmr():
     """A fixed threshold's row says what it achieves, never a target it did not have."""
 
@@ -213,6 +274,26 @@ def test_html_face_check_warning_and_preset_expectation_are_loud(audit):
     assert len([x for x in lines if x.startswith("!! face check FAIL for synthetic")]) == 1
     assert all(len(x) <= assemble.TERMINAL_WIDTH for x in lines)
     assert "2/8 near the arcface112 template (25%;" in " ".join(x.strip() for x in lines)
+
+
+def test_html_colour_order_warning_is_loud(audit):
+    """A colour-order check that found the other order clearly better: one loud line on the page, saying whether
+    auto switched or the explicit order was kept (the record is the schema's channel_order_check)."""
+    check = {"given_order": "rgb", "other_order": "bgr", "n_images": 500, "n_identities": 100, "dprime_given": 2.41,
+             "dprime_other": 2.68, "eer_given": 0.113, "eer_other": 0.088, "dprime_difference_ci_low": 0.154,
+             "confidence": 0.95, "other_clearly_better": True, "reading": "the other colour order (bgr) separates",
+             "matcher": "dlib_resnet_v1"}
+    for requested, applied, says in (("auto", "bgr", "channel_order=auto: the audit used bgr"),
+                                     ("rgb", "rgb", "you set channel_order=rgb: the audit kept rgb")):
+        rep = copy.deepcopy(audit.rep)
+        rep["datasets"]["synthetic"]["channel_order_check"] = {**check, "requested": requested, "applied": applied}
+        writer.validate(to_jsonable(rep))
+        page = html.render(rep)
+        assert page.count("COLOUR ORDER of the synthetic images") == 1 and says in page
+    rep = copy.deepcopy(audit.rep)
+    rep["datasets"]["synthetic"]["channel_order_check"] = {**check, "other_clearly_better": False,
+                                                           "requested": "auto", "applied": "rgb"}
+    assert "COLOUR ORDER" not in html.render(rep)
 
 
 def test_summary_lines_for_several_matchers(audit):
