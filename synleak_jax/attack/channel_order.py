@@ -11,8 +11,10 @@ compares how well genuine and impostor pairs separate:
 and decides with an identity bootstrap of the d' difference (identities resampled with replacement, seeded; the
 images of one person are not independent): the other order is **clearly better** when the lower end of the
 one-sided interval of ``d'(other) - d'(given)`` at ``confidence`` is above zero and the other order's EER is
-lower too. Measured (tests/attack/test_channel_order.py): LFW crops coloured with a skin-tone curve, 100
-identities x 5 augmented views, real dlib matcher: correct order d' 2.82 / EER 0.074, swapped d' 2.58 / EER 0.101.
+lower too. Measured (tests/attack/test_channel_order.py, seed 3): LFW crops coloured with a skin-tone curve, 100
+identities x 5 augmented views, real dlib matcher: correct order d' 2.68 / EER 0.088, swapped d' 2.41 / EER 0.113;
+the identity-bootstrap lower bound of d'(other) - d'(given) is +0.154 for the swapped folder (switched to bgr) and
+-0.368 for the correct one (kept). Cost: 2 x 500 dlib embeddings per dataset (docs/audit.md).
 """
 
 from __future__ import annotations

@@ -46,24 +46,58 @@ def test_sample_identities():
     assert channel_order.sample_identities(np.zeros(5, int), 3, 2).size == 0  # one identity only
 
 
-def test_dlib_tells_correct_from_swapped_colour_folders(tmp_path):
+def test_dlib_tells_correct_from_swapped_colour_folders(tmp_path, caplog):
     """100 LFW identities x 5 views, coloured, saved correctly and saved channel-swapped (lossless PNG): with
-    channel_order=auto the check keeps rgb for the correct folder and switches the swapped one to bgr.
-    Cost: 2 x 500 dlib embeddings per folder (~20 s per folder here, compile included)."""
+    channel_order=auto the check keeps rgb for the correct folder and switches the swapped one to bgr, saying so in
+    the terminal (log), the dataset's recorded reason and the report page; rerun from its stage with an explicit
+    channel_order=rgb it only warns. Cost: 2 x 500 dlib embeddings per folder (about 20 s of CPU per folder,
+    compile included; docs/audit.md)."""
+    import logging
+
     from synleak_jax import audit
     from synleak_jax.config import base_config
     from synleak_jax.embed import door
     from synleak_jax.files import StageCache
+    from synleak_jax.report import html
+
+    class Cache(StageCache):
+        hits = 0
+
+        def load(self, name, key):
+            hit = super().load(name, key)
+            Cache.hits += hit is not None
+            return hit
+
+    def check(root, stages, order):
+        cfg = base_config()
+        cfg.matchers = "dlib_resnet_v1"
+        cfg.data.synthetic.path = root
+        cfg.data.synthetic.channel_order = order
+        ds = {"synthetic": door.open_data(cfg.data.synthetic, "--config.data.synthetic")}
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            result = audit._channel_checks(cfg, ds, audit._load_matchers(cfg, ds), Cache(stages))["synthetic"]
+        page = html._colour_warnings({"datasets": {"synthetic": {"path": root, "channel_order_check": result}}})
+        return result, ds["synthetic"], caplog.text, page
 
     decisions = {}
     for swap in (False, True):
         root = colour_faces.write_identity_folders(str(tmp_path / f"swap{swap}"), 100, 5, seed=3, swap=swap)
-        cfg = base_config()
-        cfg.matchers = "dlib_resnet_v1"
-        cfg.data.synthetic.path = root
-        ds = {"synthetic": door.open_data(cfg.data.synthetic, "--config.data.synthetic")}
-        result = audit._channel_checks(cfg, ds, audit._load_matchers(cfg, ds),
-                                       StageCache(str(tmp_path / f"stages{swap}")))["synthetic"]
-        decisions[swap] = (result["applied"], ds["synthetic"].channel_order, result["other_clearly_better"])
+        result, ds, log, page = check(root, str(tmp_path / f"stages{swap}"), "auto")
+        decisions[swap] = (result["applied"], ds.channel_order, result["other_clearly_better"])
+        print(f"swap={swap}: {result['reading']} (d' CI low {result['dprime_difference_ci_low']:.3f})")
+        if not swap:
+            assert "COLOUR ORDER" not in log and page == "" and result["requested"] == "auto"
     assert decisions[False] == ("rgb", "rgb", False)
     assert decisions[True] == ("bgr", "bgr", True)
+    # The swapped folder: said in the terminal, recorded as the dataset's reason, loud on the report page.
+    assert "COLOUR ORDER" in log and "channel_order=auto: using bgr" in log
+    assert ds.channel_order_reason.startswith("channel-order check:") and "auto switched" in ds.channel_order_reason
+    assert "COLOUR ORDER" in page and "the audit used bgr" in page
+    assert result["dprime_other"] > result["dprime_given"] and result["eer_other"] < result["eer_given"]
+    # Same stage, explicit rgb: the cached check is reused, the request is this run's, the order is kept (warned).
+    assert Cache.hits == 0
+    result, ds, log, page = check(root, str(tmp_path / "stagesTrue"), "rgb")
+    assert Cache.hits == 1
+    assert (result["requested"], result["applied"], ds.channel_order) == ("rgb", "rgb", "rgb")
+    assert "you set channel_order=rgb" in log and "the audit kept rgb" in page

@@ -1,10 +1,9 @@
 """Colour order of the stored pixels (issue #17, item 2): rgb | bgr | auto, resolved per source, applied by the
 pipeline before the matcher's own channel order; DCFace's RecordIO written the way its code writes it."""
 
-import io
-
 import numpy as np
 import pytest
+import simplejpeg
 from PIL import Image
 
 from synleak_jax.data import channels, pipeline, recordio, sources
@@ -25,12 +24,12 @@ def smooth_faces(rng, n: int) -> list[np.ndarray]:
     return out
 
 
-def jpeg_q100(rgb: np.ndarray) -> bytes:
-    """What OpenCV's imencode('.jpg', array, quality 100) stores for ``array`` taken as BGR, emulated with PIL: the
-    JPEG of the true colours ``rgb`` (libjpeg, 4:2:0 chroma subsampling, OpenCV's default)."""
-    b = io.BytesIO()
-    Image.fromarray(rgb).save(b, "JPEG", quality=100, subsampling=2)
-    return b.getvalue()
+def pack_img_q100(array: np.ndarray) -> bytes:
+    """The JPEG ``mx.recordio.pack_img(header, array, quality=100, img_fmt='.jpg')`` stores: OpenCV's
+    ``imencode``, which takes ``array`` as BGR. Done here by libjpeg-turbo itself (simplejpeg) told the array is BGR,
+    at quality 100 with OpenCV's default 4:2:0 chroma subsampling and accurate DCT."""
+    return simplejpeg.encode_jpeg(np.ascontiguousarray(array), quality=100, colorspace="BGR",
+                                  colorsubsampling="420", fastdct=False)
 
 
 def _mean_abs(a: np.ndarray, b: np.ndarray) -> float:
@@ -55,10 +54,11 @@ def test_resolution_and_validation():
         channels.to_rgb(x, "auto")
 
 
-def _dcface_release(tmp_path, rng, encode_array):
-    """DCFace layout, 3 subjects x 2 images, each JPEG = jpeg_q100(encode_array(original))."""
+def _dcface_release(tmp_path, rng, writer_array):
+    """DCFace layout, 3 subjects x 2 images (``<subject>/<image>.jpg``), written as ``Writer.write`` does: header
+    (flag 0, label 0, id index, id2 0), ``list.txt``, JPEG = pack_img_q100(writer_array(generated RGB image))."""
     originals = smooth_faces(rng, 6)
-    items = [(f"{k // 2}/{k % 2}.jpg", jpeg_q100(encode_array(img))) for k, img in enumerate(originals)]
+    items = [(f"{k // 2}/{k % 2}.jpg", pack_img_q100(writer_array(img))) for k, img in enumerate(originals)]
     write_dcface_record(str(tmp_path / "record"), items)
     return recordio.RecordIOSource(str(tmp_path / "record" / "file.rec")), originals
 
@@ -76,7 +76,8 @@ def test_dcface_release_as_its_published_code_writes_it(tmp_path, rng):
     extra_visualization.sample_batch, Writer.write hands that array to mx.recordio.pack_img (OpenCV, which takes
     BGR), so the JPEG holds the true colours. Read back with list.txt identities and channel_order=auto: the
     original colours within JPEG error; channel_order=bgr swaps them."""
-    src, originals = _dcface_release(tmp_path, rng, lambda rgb: rgb)  # BGR array taken as BGR: true colours
+    # sample_batch returns the generator's RGB reversed (plotting_images[:, :, :, ::-1]); the encoder takes it as BGR.
+    src, originals = _dcface_release(tmp_path, rng, lambda rgb: rgb[..., ::-1])
     assert src.labels().tolist() == [0, 0, 1, 1, 2, 2] and src.release == "dcface_recordio"
     auto, info = _pipeline_pixels(src, "auto")
     assert info["channel_order"]["resolved"] == "rgb" and "dcface_recordio" in info["channel_order"]["reason"]
@@ -93,7 +94,7 @@ def test_dcface_release_as_its_published_code_writes_it(tmp_path, rng):
 def test_swapped_release_is_restored_with_bgr(tmp_path, rng):
     """A release written the way issue #17 describes (an RGB array handed to OpenCV as if BGR, i.e. the JPEG of the
     channel-reversed array): channel_order=bgr gives the original colours, channel_order=rgb the swapped ones."""
-    src, originals = _dcface_release(tmp_path, rng, lambda rgb: np.ascontiguousarray(rgb[..., ::-1]))
+    src, originals = _dcface_release(tmp_path, rng, lambda rgb: rgb)  # the RGB array itself, taken as BGR
     restored, _ = _pipeline_pixels(src, "bgr")
     as_stored, _ = _pipeline_pixels(src, "rgb")
     for k, orig in enumerate(originals):
