@@ -17,6 +17,7 @@ from synleak_jax.embed import door
 from synleak_jax.embed.store import MANIFEST, EmbeddingStore, StoreError, identity_digest, read_log
 from tests.embed import data_helpers, tiny_model
 from tests.embed.test_store import _run, _setup
+from tests.seeds import draw_seed
 
 CHUNK_FILES = ("emb.npy", "ids.npy", "labels.npy", "rejects.jsonl")
 NUM_CHUNKS = 3  # 45 records, 16 per chunk
@@ -25,9 +26,7 @@ NUM_CHUNKS = 3  # 45 records, 16 per chunk
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory):
     """Two undamaged stores of the same data: flip off (``plain``) and flip on (``flipped``)."""
-    seed = int(np.random.SeedSequence().entropy % (2**32))
-    print(f"data seed: {seed}")
-    data = _setup(np.random.default_rng(seed))
+    data = _setup(np.random.default_rng(draw_seed("clean stores' data")))
     variables = tiny_model.init_variables(seed=11)
     root = tmp_path_factory.mktemp("clean")
     _run(root / "plain", data, variables)

@@ -18,13 +18,11 @@ import json
 import os
 import pickle
 import struct
-import subprocess
-import sys
 import zipfile
 import zlib
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.data.isolated import run_isolated
 
 
 class StorageRef:
@@ -199,30 +197,18 @@ def deflate_zeros(nbytes: int, chunk: int = 1 << 20) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Running a reader under an address-space limit.
+# Running a reader under an address-space limit (through tests/data/isolated.run_isolated, the one runner).
 # --------------------------------------------------------------------------------------------------------
 
-_CHILD = r"""
-import importlib, json, resource, sys
-spec = json.loads(sys.argv[1])
-sys.path.insert(0, spec["root"])
+_CALL = """
+import importlib, json
 import numpy as np
+spec = json.loads({spec!r})
 for name in spec["preload"]:
     importlib.import_module(name)
 module, _, attr = spec["func"].rpartition(".")
 func = getattr(importlib.import_module(module), attr)
-
-def status(field):
-    # /proc, not ru_maxrss: Linux keeps ru_maxrss across execve, so it would report the parent's peak.
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-
-base = status("VmSize")
-limit = base + spec["headroom"]
-resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-result = {"vm_base": base, "limit": limit, "rss_before": status("VmHWM")}
+limit_address_space(spec["headroom"] / (1 << 20))
 try:
     value = func(*spec["args"], **spec["kwargs"])
     result["outcome"] = "ok"
@@ -231,34 +217,27 @@ except BaseException as e:  # noqa: BLE001 - report anything, the parent asserts
     result["outcome"] = type(e).__name__
     result["module"] = type(e).__module__
     result["message"] = str(e)
-result["peak_rss"] = status("VmHWM")
-result["peak_vm"] = status("VmPeak")
+result["peak_kib_after_call"] = _vm_kib("VmHWM")
 try:  # control: the limit really bites (allocating more than the whole headroom must fail)
     np.ones(spec["headroom"] + (64 << 20), np.uint8)
     result["control"] = "allocated"
 except MemoryError:
     result["control"] = "MemoryError"
-print("RESULT " + json.dumps(result))
 """
 
 
 def run_limited(func: str, *args, headroom: int, preload=(), env=None, **kwargs) -> dict:
     """Calls ``func`` ("package.module.function") with JSON-able args in a fresh interpreter whose address
-    space is limited to (its size after the imports) + ``headroom`` bytes.
+    space is limited to (its size after importing numpy, ``preload`` and ``func``'s module) + ``headroom`` bytes.
 
     Returns the child's report: ``outcome`` ("ok" or the exception's class name), ``message``,
     ``peak_rss`` / ``peak_vm`` (VmHWM / VmPeak of the child, bytes), ``rss_before`` (VmHWM after the
-    imports), ``vm_base`` (VmSize after the imports), ``control`` ("MemoryError": allocating more than
-    ``headroom`` bytes afterwards failed, so the limit was in force).
+    imports), ``vm_base`` (VmSize after the imports), ``limit`` (bytes), ``control`` ("MemoryError": allocating
+    more than ``headroom`` bytes afterwards failed, so the limit was in force).
     """
-    spec = {"root": str(REPO_ROOT), "func": func, "args": [os.fspath(a) if isinstance(a, Path) else a for a in args],
+    spec = {"func": func, "args": [os.fspath(a) if isinstance(a, Path) else a for a in args],
             "kwargs": kwargs, "headroom": int(headroom), "preload": list(preload)}
-    child_env = dict(os.environ)
-    child_env.update(env or {})
-    child_env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + child_env.get("PYTHONPATH", "")
-    child_env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], capture_output=True, text=True,
-                          env=child_env, timeout=300)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, f"child failed (rc {proc.returncode}): {proc.stderr[-3000:]}"
-    return json.loads(lines[-1][len("RESULT "):])
+    r = run_isolated(_CALL.format(spec=json.dumps(spec)), timeout=300, env=env)
+    r.update(peak_rss=r["peak_kib_after_call"] * 1024, peak_vm=r["vm_peak_kib"] * 1024,
+             rss_before=r["hwm_at_limit_kib"] * 1024, vm_base=r["vm_base_kib"] * 1024, limit=r["limit_bytes"])
+    return r
