@@ -37,7 +37,7 @@ import numpy as np
 
 from synleak_jax.data import rejects
 from synleak_jax.data.sources import ArraySource
-from synleak_jax.weights.read_limits import BoundedUnpickler, ReadBudget, regular_file_size
+from synleak_jax.weights.read_limits import BoundedUnpickler, ReadBudget, open_regular_file
 
 _ALLOWED_DTYPES = {np.dtype(np.bool_), np.dtype(np.uint8)}
 _MAX_NDIM = 32
@@ -301,13 +301,17 @@ def load_bin(path: str | os.PathLike, *, max_read_bytes: int | None = None) -> V
     """
     path = os.fspath(path)
     try:
-        size = regular_file_size(path, rejects.DataError)
+        opened, size = open_regular_file(path, rejects.DataError)
     except FileNotFoundError:
         raise rejects.DataError(f"verification bin not found: {path!r}") from None
-    budget = ReadBudget(path, size, rejects.DataError, max_read_bytes)
+    try:
+        budget = ReadBudget(path, size, rejects.DataError, max_read_bytes)
+    except BaseException:
+        opened.close()
+        raise
     try:
         budget.charge(size, "the file's bytes")
-        with open(path, "rb") as f:
+        with opened as f:
             data = f.read(size + 1)
         if len(data) != size:
             raise rejects.DataError(f"{path}: changed size while being read ({size} -> {len(data)} bytes)")

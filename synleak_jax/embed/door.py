@@ -45,6 +45,7 @@ from synleak_jax.embed.store import (
 from synleak_jax.files import NpyFile, safe_name
 from synleak_jax.models import registry
 from synleak_jax.weights import convert_dlib, load_weights
+from synleak_jax.weights import loader as weights_loader
 
 #: config kind -> prefix understood by ``data.kinds.open_source``.
 SOURCE_PREFIX = {"image_folder": "folder", "flat_folder": "flat", "recordio": "recordio", "tfds": "tfds",
@@ -191,7 +192,7 @@ def load_matcher(name: str, weights: str, *, field: str, random_init: bool = Fal
 
         path = convert_dlib.default_dlib_weights_path()
         variables = convert_dlib.load_dlib_dat(path)
-        wentry = {"sha256": convert_dlib.file_sha256(path), "source": os.path.basename(str(path)),
+        wentry = {"sha256": weights_loader.file_sha256(path), "source": os.path.basename(str(path)),
                   "format": "dlib_dat", "model_name": name, "shipped_in": "face-recognition-models (PyPI)"}
     elif random_init:
         logging.warning("RANDOM-INIT weights (seed %d): embeddings are meaningless for face recognition", seed)
@@ -515,10 +516,12 @@ def store_status(ds: Dataset, matcher: Matcher, settings, output: str) -> dict:
 
 
 def embed_records(ds: Dataset, matcher: Matcher, record_ids, *, channel_order: str | None = None,
-                  batch_size: int = 64, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                  batch_size: int = 64, flip: bool = False,
+                  progress: str = "embedding a sample in memory") -> tuple[np.ndarray, np.ndarray]:
     """Embeds the records ``record_ids`` of an image dataset in memory (no store): (record ids embedded int64
     [m], embeddings [m, D]); rejected records are left out. Runs on this process's devices only (every process
-    can call it independently). ``channel_order`` overrides the dataset's resolved order ("rgb" | "bgr")."""
+    can call it independently). ``channel_order`` overrides the dataset's resolved order ("rgb" | "bgr").
+    ``progress`` names the progress lines (images/s, ETA; every 10 s, so a short call logs none)."""
 
     local = distributed.global_mesh(eng.DATA_AXIS, jax.local_devices())
     engine = eng.EmbeddingEngine(matcher.module, matcher.variables, matcher.spec, flip=flip, mesh=local)
@@ -529,7 +532,7 @@ def embed_records(ds: Dataset, matcher: Matcher, record_ids, *, channel_order: s
     ids = np.asarray(record_ids, np.int64)
     batches = feed.pipeline_batches(ds.source, matcher.spec, **kwargs)(ids, batch)
     rows, embs = [], []
-    for res in engine.run(batches, batch):
+    for res in engine.run(batches, batch, progress=eng.Progress(len(ids), 10.0, f"{ds.field}: {progress}")):
         rows.append(res.record_id)
         embs.append(res.embedding)
     if not rows:

@@ -34,7 +34,6 @@ offset, the layer and what was expected versus found.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import math
 import os
@@ -45,7 +44,7 @@ import numpy as np
 
 from synleak_jax.weights import converters
 from synleak_jax.weights.mapping import SourceTensors, WeightMappingError
-from synleak_jax.weights.read_limits import regular_file_size
+from synleak_jax.weights.read_limits import open_regular_file
 
 DLIB_WEIGHTS_FILENAME = "dlib_face_recognition_resnet_model_v1.dat"
 DLIB_WEIGHTS_SIZE = 22_466_066  # bytes, as shipped in face_recognition_models 0.3.0
@@ -466,9 +465,9 @@ def read_dlib_dat(path: str | os.PathLike | None = None) -> dict[str, np.ndarray
     p = Path(path) if path is not None else default_dlib_weights_path()
     # Memory: the file once plus one float32 copy of its tensors (<= 2x its size); a FIFO or device is
     # refused before it is opened (reading one would block or never end).
-    size = regular_file_size(str(p), DlibFormatError)
+    opened, size = open_regular_file(str(p), DlibFormatError)
     try:
-        with open(p, "rb") as f:
+        with opened as f:
             data = f.read(size + 1)
         if len(data) != size:
             raise DlibFormatError(f"{p}: changed size while being read ({size} -> {len(data)} bytes)")
@@ -534,11 +533,3 @@ def load_dlib_dat(path: str | os.PathLike | None = None) -> dict:
     ``{"params": ...}`` for registry model ``dlib_resnet_v1``."""
     p = Path(path) if path is not None else default_dlib_weights_path()
     return converters.load_state_dict_into(MODEL_NAME, read_dlib_dat(p), str(p))
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from synleak_jax.weights import orbax_io, torch_pickle
-from synleak_jax.weights.read_limits import describe_file_type
+from synleak_jax.weights.read_limits import describe_file_type, open_regular_file
 
 FORMATS = ("torch_zip", "torch_legacy", "onnx", "dlib_dat", "orbax")
 
@@ -69,7 +69,7 @@ class WeightsInfo:
 def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, streamed in ``chunk_bytes`` blocks (constant memory)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular_file(os.fspath(path), WeightsFormatError)[0] as f:
         while chunk := f.read(chunk_bytes):
             h.update(chunk)
     return h.hexdigest()
@@ -109,7 +109,7 @@ def detect_format(path: str | os.PathLike) -> str:
         )
     if not stat.S_ISREG(mode):  # a FIFO would block open() forever, a device never ends
         raise WeightsFormatError(f"{p}: {describe_file_type(mode)}, not a regular weights file")
-    with open(p, "rb") as f:
+    with open_regular_file(str(p), WeightsFormatError)[0] as f:
         head = f.read(512)
     if not head:
         raise WeightsFormatError(f"{p}: empty file")

@@ -17,9 +17,10 @@ the same structure as a state-dict conversion and work with the same module.
 Untrusted input (docs/weights.md, "Bounded reading" and "ONNX external data"): before ``onnx.load`` parses
 the file, a scan of its protobuf wire format charges every message, string and repeated value to a
 :class:`read_limits.ReadBudget` (a parsed empty ``NodeProto`` costs ~150 bytes for its 2 bytes on disk, so an
-unchecked 4 MB file parses into ~300 MB); external data is checked by us before onnx reads it (relative path,
+unchecked 4 MB file parses into ~300 MB); external data is checked and read by us, not by onnx (relative path,
 no ``..``, inside the model's directory after resolving symlinks, a regular file with one link, offset and
-length inside it) and charged per tensor; every initializer is charged before numpy copies it. Any failure is
+length inside it; read from a descriptor opened without following links and checked again with ``fstat``,
+so nothing swapped in after the check is read) and charged per tensor; every initializer is charged before numpy copies it. Any failure is
 an :class:`OnnxImportError` naming the file.
 
 Input normalisation: the model-zoo graphs expect NCHW float32 RGB, ``(x - 127.5) / 127.5`` applied outside the
@@ -49,7 +50,7 @@ from synleak_jax.weights.convert_arcface import (
     model_slots,
 )
 from synleak_jax.weights.mapping import WeightMappingError, assign_variables
-from synleak_jax.weights.read_limits import ReadBudget, regular_file_size
+from synleak_jax.weights.read_limits import ReadBudget, open_regular_file, regular_file_size
 
 BN_EPS = 1e-5  # epsilon of every BatchNorm in the Flax ArcFace-family models
 _PARAM_OPS = ("Conv", "BatchNormalization", "PRelu", "Gemm", "MatMul")
@@ -241,18 +242,23 @@ def _all_tensors(message):
                 stack.extend(value if field.is_repeated else [value])
 
 
-def _check_external_data(model, path: str, budget: ReadBudget) -> bool:
-    """Checks every external-data reference (see the module docstring) and charges it; True if any."""
+def _load_external_data(model, path: str, budget: ReadBudget) -> None:
+    """Checks every external-data reference (see the module docstring), charges it and reads it into its
+    tensor (``raw_data``; the reference is then removed, as onnx's own loader does).
+
+    Read here rather than by ``onnx.external_data_helper``, which reopens each location by path: between our
+    check and its open a FIFO (blocks forever) or a symlink (reads outside the directory) could be swapped in.
+    Each file is opened without following links and checked on its descriptor to be the file that was checked.
+    """
     import onnx
 
     base_dir = os.path.dirname(os.path.abspath(path))
     base_real = os.path.realpath(base_dir)
     files: dict[str, int] = {}
-    found = False
+    checked = []
     for tensor in _all_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
-        found = True
         entries = {e.key: e.value for e in tensor.external_data}
         what = f"{path}: external data of tensor {tensor.name!r}"
         location = entries.get("location", "")
@@ -291,37 +297,54 @@ def _check_external_data(model, path: str, budget: ReadBudget) -> bool:
             files[real] = st.st_size
             budget.add_input(st.st_size)
         budget.charge(length, f"external data of tensor {tensor.name!r} ({location!r})")
-    return found
+        checked.append((tensor, what, location, target, st, offset, length))
+    # Every reference is checked and charged before the first byte is read: a refused model reads nothing.
+    for tensor, what, location, target, st, offset, length in checked:
+        try:
+            opened, _ = open_regular_file(target, OnnxImportError, follow=False)
+        except FileNotFoundError:
+            raise OnnxImportError(f"{what}: file {location!r} vanished after it was checked") from None
+        with opened as f:
+            now = os.fstat(f.fileno())
+            if (now.st_dev, now.st_ino, now.st_nlink) != (st.st_dev, st.st_ino, 1) or now.st_size < offset + length:
+                raise OnnxImportError(f"{what}: {location!r} was replaced after it was checked")
+            f.seek(offset)
+            data = f.read(length)
+        if len(data) != length:
+            raise OnnxImportError(f"{what}: {location!r} ended after {len(data)} of {length} bytes")
+        tensor.raw_data = data
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
 
 
 def _load_model(path: str | os.PathLike, budget: ReadBudget | None = None):
     """Parses ``path`` (after the memory scan) and loads its checked external data."""
     try:
         import onnx
-        from onnx import external_data_helper
     except ImportError as e:  # pragma: no cover - onnx is a dependency
         raise ImportError("reading .onnx files needs the 'onnx' package") from e
     source = os.fspath(path)
     try:
-        size = regular_file_size(source, OnnxImportError)
+        opened, size = open_regular_file(source, OnnxImportError)
     except FileNotFoundError:
         raise FileNotFoundError(f"{source}: no such ONNX file") from None
-    budget = budget or ReadBudget(source, size, OnnxImportError)
-    if size == 0:
-        raise OnnxImportError(f"{source}: empty file")
-    try:
-        with open(source, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            _charge_protobuf(mapped, 0, len(mapped), onnx.ModelProto.DESCRIPTOR, budget)
-        budget.charge(2 * size, "the file's bytes and their parsed copy")
-        model = onnx.load(source, load_external_data=False)
-        if _check_external_data(model, source, budget):
-            external_data_helper.load_external_data_for_model(model, os.path.dirname(os.path.abspath(source)))
-    except (OnnxImportError, FileNotFoundError):
-        raise
-    except MemoryError:
-        raise budget.out_of_memory("parsing it") from None
-    except Exception as e:  # noqa: BLE001 - any parse error: name the file
-        raise OnnxImportError(f"{source}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    with opened as f:  # one descriptor for the scan and the parse: what is parsed is what was scanned
+        budget = budget or ReadBudget(source, size, OnnxImportError)
+        if size == 0:
+            raise OnnxImportError(f"{source}: empty file")
+        try:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                _charge_protobuf(mapped, 0, len(mapped), onnx.ModelProto.DESCRIPTOR, budget)
+            budget.charge(2 * size, "the file's bytes and their parsed copy")
+            f.seek(0)
+            model = onnx.load_model_from_string(f.read(size))  # external data: read below, checked
+            _load_external_data(model, source, budget)
+        except (OnnxImportError, FileNotFoundError):
+            raise
+        except MemoryError:
+            raise budget.out_of_memory("parsing it") from None
+        except Exception as e:  # noqa: BLE001 - any parse error: name the file
+            raise OnnxImportError(f"{source}: not a readable ONNX model ({type(e).__name__}: {e})") from None
     return model, budget
 
 

@@ -33,7 +33,7 @@ import pickle
 import re
 import stat
 import sys
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import numpy as np
 
@@ -74,26 +74,57 @@ def read_limit(size_on_disk: int, cap: int | None = None) -> int:
     return READ_MULTIPLE * max(0, int(size_on_disk)) + READ_SLACK_BYTES
 
 
-def regular_file_size(path: str, error: Callable[[str], Exception]) -> int:
-    """Size in bytes of ``path`` after checking it is a regular file (symlinks followed).
+def open_regular_file(path: str, error: Callable[[str], Exception], follow: bool = True) -> tuple[BinaryIO, int]:
+    """Opens ``path`` for binary reading after checking it is a regular file: (file, size in bytes).
 
-    Raises FileNotFoundError when nothing is there, ``error(message)`` for a directory, FIFO, device or
-    socket (opening a FIFO would block forever, a device has no size).
+    Every reader of an untrusted input opens it here, once per read. ``stat`` first (a socket cannot be opened,
+    a FIFO would block ``open`` forever, a device has no size), then ``open`` with ``O_NONBLOCK`` (a FIFO swapped
+    in after the ``stat`` does not block it) and ``O_NOFOLLOW`` unless ``follow``, then ``fstat`` of the
+    descriptor: what is read is what was checked, whatever replaced the path in between.
+
+    Raises FileNotFoundError when nothing is there, ``error(message)`` naming ``path`` otherwise.
     """
     try:
-        st = os.stat(path)
+        st = os.stat(path, follow_symlinks=follow)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
+    except OSError as e:
+        raise error(f"{path}: cannot stat it ({e.strerror or e})") from None
     if not stat.S_ISREG(st.st_mode):
         raise error(f"{path}: {describe_file_type(st.st_mode)}, not a regular file")
-    return st.st_size
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+    if not follow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except OSError as e:
+        raise error(f"{path}: cannot open it ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{path}: {describe_file_type(st.st_mode)}, not a regular file (replaced after it was checked)")
+        return os.fdopen(fd, "rb"), int(st.st_size)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def regular_file_size(path: str, error: Callable[[str], Exception]) -> int:
+    """Size in bytes of ``path`` after checking it is a regular file (symlinks followed): the check of
+    :func:`open_regular_file`, for a reader that sizes its budget before it reads."""
+    opened, size = open_regular_file(path, error)
+    opened.close()
+    return size
 
 
 def describe_file_type(mode: int) -> str:
     """"a directory", "a FIFO (named pipe)", ... for an ``st_mode``."""
     for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file")):
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"),
+                       (stat.S_ISREG, "a regular file")):
         if test(mode):
             return name
     return "not a regular file"

@@ -51,12 +51,12 @@ import pickle
 import struct
 import zipfile
 import zlib
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Mapping
 
 import ml_dtypes
 import numpy as np
 
-from synleak_jax.weights.read_limits import BoundedUnpickler, ReadBudget, regular_file_size
+from synleak_jax.weights.read_limits import BoundedUnpickler, ReadBudget, open_regular_file, regular_file_size
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
@@ -708,7 +708,7 @@ def _read_into(raw, buffer: np.ndarray) -> int:
 
 
 def _read_zip(path: str, opaque: bool, budget: ReadBudget) -> Any:
-    with open(path, "rb") as raw:
+    with _open_checked(path) as raw:
         records = _ZipRecords(path, raw, budget)
         names = records.names()
         if any(n.split("/", 1)[-1].startswith("code/") for n in names) or any(n.endswith("constants.pkl") for n in names):
@@ -756,7 +756,7 @@ def _read_zip(path: str, opaque: bool, budget: ReadBudget) -> Any:
 
 def _read_legacy(path: str, opaque: bool, budget: ReadBudget) -> Any:
     file_size = budget.size_on_disk
-    with open(path, "rb") as f:
+    with _open_checked(path) as f:
         magic = _restricted_load(f, path, budget)
         if magic != MAGIC_NUMBER:
             raise TorchFileError(f"{path}: not a PyTorch legacy file (wrong magic number)")
@@ -839,6 +839,11 @@ def sniff_torch_format(head: bytes) -> str | None:
     return None
 
 
+def _open_checked(path: str) -> BinaryIO:
+    """``path`` opened for reading, checked on its descriptor to be a regular file (read_limits)."""
+    return open_regular_file(path, TorchFileError)[0]
+
+
 def _open_budget(path: str, max_read_bytes: int | None) -> ReadBudget:
     """The read budget of ``path`` after checking it is a regular file (see read_limits)."""
     try:
@@ -849,7 +854,7 @@ def _open_budget(path: str, max_read_bytes: int | None) -> ReadBudget:
 
 
 def _read_any(path: str, allow_opaque: bool, budget: ReadBudget) -> Any:
-    with open(path, "rb") as f:
+    with _open_checked(path) as f:
         head = f.read(512)
     kind = sniff_torch_format(head)
     if kind == "torch_zip":

@@ -118,3 +118,104 @@ def test_honest_checkpoint_charges_about_twice_its_size(tmp_path, zip_format):
     assert len(tp.load_torch_file(path, max_read_bytes=int(2.3 * size))) > 100
     with pytest.raises(tp.TorchFileError, match="the cap of"):
         tp.load_torch_file(path, max_read_bytes=int(1.9 * size))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A file replaced after it was checked: the race between ``stat`` and ``open``. The swap is made real (a FIFO or
+# a symlink sits at the path) and ``os.stat`` is made to answer as it would have before the swap, so the real
+# ``open`` and ``fstat`` meet the swapped file. A reader that reopened by path without O_NONBLOCK would block on
+# the FIFO forever: the alarm turns that into a failure.
+
+
+@pytest.fixture
+def swapped_fifo(tmp_path, monkeypatch):
+    """(path of a FIFO, install) — ``install()`` makes ``os.stat`` of that path report a regular file."""
+    import os
+    import signal
+
+    regular = tmp_path / "checked.bin"
+    regular.write_bytes(b"\x80\x02}q\x00." * 10)
+    fifo = tmp_path / "swapped.bin"
+    os.mkfifo(fifo)
+    real_stat = os.stat
+
+    def stat_before_the_swap(path, *args, **kwargs):
+        if os.fspath(path) == str(fifo):
+            return real_stat(regular)
+        return real_stat(path, *args, **kwargs)
+
+    def on_alarm(signum, frame):  # pragma: no cover - only when a reader blocks
+        raise AssertionError("blocked opening a FIFO swapped in after the check")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(20)
+    yield str(fifo), lambda: monkeypatch.setattr(os, "stat", stat_before_the_swap)
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_open_regular_file_checks_the_descriptor(tmp_path, swapped_fifo):
+    import os
+
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"abc")
+    opened, size = rl.open_regular_file(str(f), _Error)
+    with opened:
+        assert size == 3 and opened.read() == b"abc"
+    link = tmp_path / "link.bin"
+    os.symlink(f, link)
+    with pytest.raises(_Error, match="symbolic link"):
+        rl.open_regular_file(str(link), _Error, follow=False)  # the symlink itself: lstat says so
+    fifo, install = swapped_fifo
+    install()
+    with pytest.raises(_Error, match="FIFO.*replaced after it was checked"):
+        rl.open_regular_file(fifo, _Error)
+
+
+def test_symlink_swapped_in_after_the_check_is_not_followed(tmp_path, monkeypatch):
+    import os
+
+    inside = tmp_path / "inside.bin"
+    inside.write_bytes(b"inside")
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"secret")
+    swapped = tmp_path / "swapped.bin"
+    os.symlink(outside, swapped)
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: real_stat(inside) if os.fspath(p) == str(swapped)
+                        else real_stat(p, *a, **k))
+    with pytest.raises(_Error, match="cannot open it"):
+        rl.open_regular_file(str(swapped), _Error, follow=False)
+
+
+@pytest.mark.parametrize("reader", ["torch", "verification_bin", "dlib", "onnx", "weights_sniff"])
+def test_every_reader_refuses_a_fifo_swapped_in_after_the_check(reader, swapped_fifo):
+    from synleak_jax.data import rejects, verification
+    from synleak_jax.weights import convert_dlib, loader, onnx_import, torch_pickle
+
+    fifo, install = swapped_fifo
+    call, error = {
+        "torch": (torch_pickle.load_torch_file, torch_pickle.TorchFileError),
+        "verification_bin": (verification.load_bin, rejects.DataError),
+        "dlib": (convert_dlib.read_dlib_dat, convert_dlib.DlibFormatError),
+        "onnx": (onnx_import.import_onnx, onnx_import.OnnxImportError),
+        "weights_sniff": (loader.file_sha256, loader.WeightsFormatError),
+    }[reader]
+    install()
+    with pytest.raises(error, match="FIFO"):
+        call(fifo)
+
+
+def test_readers_open_inputs_only_through_the_checked_open():
+    """Every read of an untrusted weights or bin file goes through ``open_regular_file`` (or the data layer's
+    ``safe_paths.open_regular``): a bare ``open(..., "rb")`` would reopen by path after the check."""
+    import pathlib
+    import re
+
+    package = pathlib.Path(rl.__file__).parents[1]
+    readers = sorted(package.glob("weights/*.py")) + [package / "data" / "verification.py",
+                                                       package / "data" / "recordio.py"]
+    bare = re.compile(r"""(?<![\w.])open\([^)]*["']rb?["']""")
+    offenders = [f"{path.name}:{n}" for path in readers
+                 for n, line in enumerate(path.read_text().splitlines(), 1) if bare.search(line)]
+    assert offenders == []
