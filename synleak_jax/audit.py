@@ -148,8 +148,13 @@ def dry_run(cfg) -> dict:
         plan["datasets"][role] = entry
     matchers = _load_matchers(cfg, datasets)
     for role, checks in _face_checks(cfg, datasets).items():
-        plan["datasets"][role]["face_check"] = {t: (c.get("summary") or c.get("not_run") or c.get("verdict"))
-                                                if isinstance(c, dict) else c for t, c in checks.items()}
+        if "not_run" in checks:  # the whole dataset: no images, or the check switched off
+            plan["datasets"][role]["face_check_not_run"] = checks["not_run"]
+            continue
+        # template -> the check's one-line summary (verdict, faces found, near the template), or why it did not run
+        plan["datasets"][role]["face_check"] = {
+            t: face_check.FaceCheckResult.from_dict(c).summary() if "outcomes" in c else f"not run: {c['not_run']}"
+            for t, c in checks.items()}
     stores_dir = os.path.abspath(cfg.stores_dir) if cfg.stores_dir else os.path.join(out_dir, "stores")
     embed_s = 0.0
     dim = None
@@ -307,6 +312,9 @@ def _demo_data(cfg, out_dir: str, notes: list) -> dict:
         cfg.data[role].kind = "flat_folder"
         cfg.data[role].path = os.path.join(root, role)
     g = info["generator"]
+    if not cfg.title:  # the demo's data, so the demo's title (a preset never titles data the user gives)
+        cfg.title = (f"synleak_jax DEMO audit: tiny generator trained on {cfg.demo.n_members} LFW crops, "
+                     f"matcher {', '.join(config_lib.matcher_names(cfg))}")
     notes.append(f"DEMO: synthetic images from a {g['kind']} (latent dim {g['latent_dim']}) trained for "
                  f"{cfg.demo.steps} steps on the {cfg.demo.n_members} member images (final training MSE "
                  f"{g['final_train_mse']:.5f}); latent sampling bandwidth {cfg.demo.bandwidth}. Images are 25x25 "
@@ -376,11 +384,11 @@ def _face_checks(cfg, datasets: dict, cache: StageCache | None = None) -> dict:
                     cache.save(f"{role}_{template}", key, res.to_dict())
             out[role][template] = res.to_dict()
             label = f"{role} ({ds.path}, vs the {template} template)"
+            if cfg.data[role].require_faces if role in ROLES else False:  # fatal: the error line says it all
+                face_check.require_faces(res, label, f"{ds.field}.require_faces")
             warning = face_check.format_warning(res, label)
             if warning and jax.process_index() == 0:
                 logging.warning("\n%s", warning)
-            if cfg.data[role].require_faces if role in ROLES else False:
-                face_check.require_faces(res, label, f"{ds.field}.require_faces")
     return out
 
 
@@ -407,9 +415,12 @@ def _channel_checks(cfg, datasets: dict, matchers: dict, cache: StageCache) -> d
         other = "bgr" if given == "rgb" else "rgb"
         key = digest("channel_check", ds.source.fingerprint(), matcher.weights.get("sha256"), name, given,
                      ids.tolist(), cc.to_dict())
+        requested = cfg.data[role].channel_order if role in ROLES else "auto"
         hit = cache.load(f"{role}", key)
         if hit:
-            result = hit[0]
+            # The key holds the resolved order, not the request: take this run's request, never the cached one
+            # (an explicit rgb after an auto run with the same resolution must warn, not switch).
+            result = {**hit[0], "requested": requested, "applied": given}
         else:
             rid_a, emb_a = door.embed_records(ds, matcher, ids, channel_order=given, batch_size=int(cfg.embed.batch_size))
             rid_b, emb_b = door.embed_records(ds, matcher, ids, channel_order=other, batch_size=int(cfg.embed.batch_size))
@@ -418,11 +429,9 @@ def _channel_checks(cfg, datasets: dict, matchers: dict, cache: StageCache) -> d
             check = channel_order.compare_channel_orders(
                 emb_a[np.isin(rid_a, both)], emb_b[np.isin(rid_b, both)], labels, metric=matcher.metric,
                 given_order=given)
-            result = {**check.to_dict(), "matcher": name, "requested": cfg.data[role].channel_order
-                      if role in ROLES else "auto", "applied": given}
+            result = {**check.to_dict(), "matcher": name, "requested": requested, "applied": given}
             cache.save(f"{role}", key, result)
         if result.get("other_clearly_better"):
-            requested = result.get("requested", "auto")
             if requested == "auto":
                 ds.channel_order = result["other_order"]
                 ds.channel_order_reason = f"channel-order check: {result['reading']} (auto switched to it)"

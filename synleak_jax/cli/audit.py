@@ -60,12 +60,16 @@ def format_plan(plan: dict) -> str:
     lines = ["DRY RUN: nothing embedded, no store written", "", "datasets:"]
     for role, d in plan["datasets"].items():
         extra = f", {d['identities']:,} identities" if d.get("identities") is not None else ""
-        lines.append(f"  {role}: kind={d['kind']} {d['path']} — {d['records']:,} records{extra}, colour order "
-                     f"{d['channel_order']}" + (f" ({d['channel_order_reason']})" if d.get("channel_order_reason")
-                                                  else ""))
+        colour = "" if d["kind"] == "embeddings" else (  # features as given: no pixels, no colour order
+            f", colour order {d['channel_order']}" + (f" ({d['channel_order_reason']})"
+                                                       if d.get("channel_order_reason") else ""))
+        lines.append(f"  {role}: kind={d['kind']} {d['path']} — {d['records']:,} records{extra}{colour}")
         rs = d.get("reject_sample")
         if rs:
-            lines.append(f"    sample of {rs['sampled']} records: {rs['rejected']} rejected {rs['reasons'] or ''}")
+            lines.append(f"    sample of {rs['sampled']} records: {rs['rejected']} rejected"
+                         + (f" {rs['reasons']}" if rs["reasons"] else ""))
+        if d.get("face_check_not_run"):
+            lines.append(f"    face check: not run ({d['face_check_not_run']})")
         for template, fc in (d.get("face_check") or {}).items():
             lines.append(f"    face check vs {template}: {fc}")
     lines.append("stores:")

@@ -16,7 +16,8 @@ from synleak_jax.config import base_config
 def get_config():
     c = base_config()
     c.preset = "demo"
-    c.title = "synleak_jax DEMO audit: tiny generator trained on 50 LFW crops, dlib matcher"
+    # no title here: the audit titles the demo's own data (audit._demo_data); with the demo switched off and
+    # your folders given, the title is built from what you gave, not the demo's story
     c.output_dir = "synleak_out/demo"
     c.matchers = "dlib_resnet_v1"
     c.demo.enabled = True

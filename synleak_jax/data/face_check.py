@@ -242,7 +242,7 @@ def _check_unaligned(rgb: np.ndarray, template: align.AlignTemplate, config: Fac
 
 
 def check_faces(source, spec_or_template="arcface112", *, aligned: bool, config: FaceCheckConfig = FaceCheckConfig(),
-                detector: detect.MTCNNDetector | None = None) -> FaceCheckResult:
+                detector: detect.MTCNNDetector | None = None, progress_every_s: float = 10.0) -> FaceCheckResult:
     """Runs the face check on a seeded sample of ``source``.
 
     Args:
@@ -253,6 +253,7 @@ def check_faces(source, spec_or_template="arcface112", *, aligned: bool, config:
       config: :class:`FaceCheckConfig`.
       detector: an MTCNN detector (default: the process-wide one over the cached weights; FileNotFoundError
         with the fetch hint if ``synleak-fetch-mtcnn`` never ran).
+      progress_every_s: seconds between progress lines (images/s, ETA); a check shorter than this logs none.
 
     Returns:
       :class:`FaceCheckResult` (per-image outcomes, shares, verdict, seconds spent).
@@ -263,7 +264,12 @@ def check_faces(source, spec_or_template="arcface112", *, aligned: bool, config:
     ids = sample_ids(len(source), config.sample_size, config.seed)
     outcomes = []
     start = time.perf_counter()
+    from synleak_jax.embed.engine import Progress  # here: embed/ imports data/
+
+    progress = Progress(len(ids), progress_every_s, f"face check vs {template.name}", unit="images", scope="")
     for record_id in ids:
+        if outcomes:  # the previous image is judged
+            progress.update(1)
         record_id = int(record_id)
         try:
             where = source.describe(record_id)

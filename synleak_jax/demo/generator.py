@@ -27,6 +27,7 @@ import optax
 from absl import logging
 from PIL import Image
 
+from synleak_jax.embed.engine import Progress
 from synleak_jax.files import atomic_write
 
 SIZE = 32  # generator working resolution (pixels)
@@ -118,8 +119,9 @@ class TrainedGenerator:
 
 
 def train(images: np.ndarray, *, steps: int = 400, lr: float = 3e-3, latent_dim: int = 16,
-          seed: int = 0) -> TrainedGenerator:
-    """Trains the autoencoder on ``images`` float32 ``[N, 32, 32]`` (full batch, Adam, MSE); deterministic."""
+          seed: int = 0, progress_every_s: float = 5.0) -> TrainedGenerator:
+    """Trains the autoencoder on ``images`` float32 ``[N, 32, 32]`` (full batch, Adam, MSE); deterministic. Logs
+    a start line, steps/s and ETA at most every ``progress_every_s`` seconds, and the loss at each fifth."""
     x = jnp.asarray(images[..., None], jnp.float32)
     model = AutoEncoder(latent_dim)
     params = model.init(jax.random.PRNGKey(seed), x[:1])["params"]
@@ -137,8 +139,12 @@ def train(images: np.ndarray, *, steps: int = 400, lr: float = 3e-3, latent_dim:
 
     t0 = time.time()
     loss = jnp.inf
+    logging.info("demo generator: training %d steps on %d images (the first step compiles)", steps, len(images))
+    progress = Progress(steps, progress_every_s, "demo generator", unit="steps", scope="")
     for i in range(steps):
         params, opt, loss = step(params, opt)
+        jax.block_until_ready(loss)  # the progress rate counts finished steps, not dispatched ones
+        progress.update(1)
         if (i + 1) % max(1, steps // 5) == 0:
             logging.info("demo generator: step %d/%d, reconstruction MSE %.5f (%.1f s)", i + 1, steps, float(loss),
                          time.time() - t0)
@@ -186,6 +192,9 @@ def make_demo_data(root: str, *, n_members: int = 50, n_synthetic: int = 200, st
         if info.get("params") == want:
             logging.info("demo data: reusing %s", root)
             return info
+    t0 = time.time()
+    logging.info("demo data: making %s (a generator trained on %d LFW crops, %d samples)", root, n_members,
+                 n_synthetic)
     faces = resize(lfw_faces(), SIZE)
     mem, non = split_members(faces.shape[0], n_members, seed)
     gen = train(faces[mem], steps=steps, seed=seed)
@@ -198,4 +207,5 @@ def make_demo_data(root: str, *, n_members: int = 50, n_synthetic: int = 200, st
                           "final_train_mse": gen.final_loss, "train_seconds": round(gen.seconds, 2)},
             "synthetic_source_member": src.tolist()}
     atomic_write(info_path, json.dumps(info))
+    logging.info("demo data: written %s (%.1f s)", root, time.time() - t0)
     return info

@@ -367,6 +367,25 @@ def _face_warnings(report: dict) -> str:
     return "\n".join(out)
 
 
+def _colour_warnings(report: dict) -> str:
+    """A loud line per dataset whose colour-order check found the other order clearly better (switched by auto,
+    or only warned about when the order was set explicitly)."""
+    out = []
+    for role in ("synthetic", "members", "nonmembers"):
+        d = report["datasets"].get(role) or {}
+        c = d.get("channel_order_check") or {}
+        if not c.get("other_clearly_better"):
+            continue
+        if c.get("applied") == c.get("other_order"):
+            act = f"channel_order=auto: the audit used {c['other_order']}"
+        else:
+            act = (f"you set channel_order={c.get('requested')}: the audit kept {c.get('applied')}; set "
+                   f"channel_order={c['other_order']} if the release stores {c['other_order']}")
+        out.append(f"<div class='loud' data-colour-order='{e(c['other_order'])}'>COLOUR ORDER of the {e(role)} "
+                   f"images ({e(d.get('path'))}): {e(c.get('reading'))}; {e(act)}.</div>")
+    return "\n".join(out)
+
+
 # ------------------------------------------------------------------------------------------------ the details
 
 
@@ -515,6 +534,7 @@ def render(report: dict) -> str:
                    "crops, audited with the real dlib matcher. It shows the method end to end; its numbers say "
                    "nothing about any published synthetic dataset.</div>")
     out.append(_face_warnings(report))
+    out.append(_colour_warnings(report))
     if report.get("preset") and not report.get("demo"):
         out.append(f"<p class='note'>Config from preset <b>{e(report['preset'])}</b>: its dataset descriptions say "
                    "what that preset expects, not what the given paths hold (see the face check).</p>")

@@ -45,6 +45,9 @@ def test_demo_report_files_and_numbers(demo):
     rep = json.loads((out / "report.json").read_text())
     jsonschema.validate(rep, writer.load_schema())
     assert rep["demo"] is True and "DEMO" in (out / "index.html").read_text()
+    assert rep["title"] == "synleak_jax DEMO audit: tiny generator trained on 50 LFW crops, matcher dlib_resnet_v1"
+    # start-up is not silent: the demo says what it makes before its generator compiles
+    assert "demo generator: training 1000 steps on 50 images (the first step compiles)" in p.stderr
     (m,) = rep["matchers"]
     assert m["name"] == "dlib_resnet_v1" and m["metric"] == "euclidean"
     assert m["weights"]["sha256"]  # the real shipped dlib weights
@@ -227,6 +230,12 @@ def test_planted_image_copies_found_at_fmr_1e3_with_identity_relation(tmp_path):
     (m,) = rep["matchers"]
     assert m["calibration"]["n_impostor_pairs"] == 4950 - 20 * 10 and m["calibration"]["n_genuine_pairs"] == 200
     assert not m["membership"]["available"] and "non-members" in m["membership"]["reason"]
+    # The colour-order check ran on the labelled members (grey faces: both orders alike, nothing switched) and is
+    # in the report; the synthetic classes hold under 5 images each: not run, said so.
+    co = rep["datasets"]["members"]["channel_order_check"]
+    assert (co["n_images"], co["other_clearly_better"], co["requested"], co["applied"]) == (100, False, "auto", "rgb")
+    assert rep["datasets"]["members"]["channel_order"] == "rgb"
+    assert "not_run" in rep["datasets"]["synthetic"]["channel_order_check"]
     # every planted pair is in pairs.csv at FMR 1e-3
     import csv
     rows = [r for r in csv.DictReader(open(tmp_path / "out" / "pairs.csv"))

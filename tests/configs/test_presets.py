@@ -151,3 +151,19 @@ def test_preset_docstrings_parse_without_import():
     for name in PRESET_FILES:
         with open(configs.preset_path(name)) as f:
             assert ast.get_docstring(ast.parse(f.read())), f"{name} has no docstring"
+
+
+def test_no_preset_titles_the_users_data(tmp_path):
+    """Honest labels: a preset never sets the report title (it would title whatever paths the user gives); the
+    title is built from the data given, and only the demo, when it makes its own data, titles it as the demo."""
+    from synleak_jax import audit
+
+    parser = PresetFileParser("config")
+    for name in PRESET_FILES:
+        if name != "embed":
+            assert parser.parse(name).title == "", name
+    cfg = parser.parse("demo")
+    cfg.demo.steps, cfg.demo.n_synthetic = 2, 4  # a tiny demo: only its folders and title matter here
+    audit._demo_data(cfg, str(tmp_path), [])
+    assert cfg.title == "synleak_jax DEMO audit: tiny generator trained on 50 LFW crops, matcher dlib_resnet_v1"
+    assert cfg.data.synthetic.path == str(tmp_path / "demo_data" / "synthetic")

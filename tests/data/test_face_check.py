@@ -220,3 +220,16 @@ def test_demo_data_members_pass_for_the_demo_matcher(detector, tmp_path):  # noq
                                        aligned=True, config=config, detector=detector)
     assert members.verdict == "ok", members.summary()
     assert synthetic.faces_found_share >= 0.6, synthetic.summary()
+
+
+def test_progress_lines_with_rate_and_eta(detector, astronaut, caplog):  # noqa: F811
+    import logging
+    import re
+
+    chip = np.asarray(Image.fromarray(astronaut).resize((112, 112)))
+    with caplog.at_level(logging.INFO):
+        face_check.check_faces(_source([chip] * 4), "arcface112", aligned=True, detector=detector,
+                               progress_every_s=0.0)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("face check vs arcface112: ")]
+    assert [re.fullmatch(r"face check vs arcface112: (\d)/4 images, [\d.]+ images/s, ETA \d+ s", ln).group(1)
+            for ln in lines] == ["1", "2", "3"]

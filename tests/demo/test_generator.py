@@ -27,3 +27,17 @@ def test_train_and_sample_deterministic():
     assert s1.shape == (5, 32, 32) and 0 <= s1.min() and s1.max() <= 1
     np.testing.assert_array_equal(s1, s2)
     np.testing.assert_array_equal(src1, src2)
+
+
+def test_training_logs_a_start_line_and_progress_with_rate_and_eta(caplog):
+    """Start-up is not silent: a line before the first step compiles, then steps/s and ETA (every update here)."""
+    import logging
+    import re
+
+    x = generator_lib.resize(generator_lib.lfw_faces()[:4], generator_lib.SIZE)
+    with caplog.at_level(logging.INFO):
+        generator_lib.train(x, steps=3, seed=0, progress_every_s=0.0)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "demo generator: training 3 steps on 4 images (the first step compiles)"
+    progress = [ln for ln in lines if re.fullmatch(r"demo generator: \d/3 steps, [\d.]+ steps/s, ETA \d+ s", ln)]
+    assert [int(ln.split(": ")[1].split("/")[0]) for ln in progress] == [1, 2, 3]
