@@ -38,14 +38,6 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _rss_mb(field: str = "VmRSS") -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
 # ---------------------------------------------------------------------------------------------------- data
 
 
@@ -118,10 +110,11 @@ def _audit_child(args: dict) -> dict:
     import jax
 
     jax.numpy.zeros(1).block_until_ready()  # JAX runtime up: part of the baseline
+    from synleak_jax import memory
     from synleak_jax.audit import run_audit
     from synleak_jax.configs import embeddings
 
-    base = _rss_mb()
+    base = memory.resident_mb()
     p = args["paths"]
     cfg = embeddings.get_config()
     cfg.output_dir = args["out"]
@@ -135,7 +128,8 @@ def _audit_child(args: dict) -> dict:
     rep = run_audit(cfg)
     wall = time.perf_counter() - t0
     m = rep["matchers"][0]
-    return {"wall_s": wall, "timings_s": rep["timings_s"], "baseline_rss_mb": base, "peak_rss_mb": _rss_mb("VmHWM"),
+    return {"wall_s": wall, "timings_s": rep["timings_s"], "baseline_rss_mb": base,
+            "peak_rss_mb": memory.peak_resident_mb(),
             "devices": [str(d) for d in jax.devices()], "backend": jax.default_backend(),
             "thresholds": [(t["target_fmr"], t["tau_native"], t["impostors_above"]) for t in m["calibration"]["thresholds"]],
             "leakage": [(x["target_fmr"], x["synthetic_matched"], x["real_images_matched"]) for x in m["leakage"]],

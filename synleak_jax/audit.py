@@ -24,6 +24,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from synleak_jax import config as config_lib
+from synleak_jax import memory
 from synleak_jax.attack import calibration as cal_lib
 from synleak_jax.attack.calibration import MAX_REFINE
 from synleak_jax.attack import card as card_lib
@@ -174,12 +175,18 @@ def dry_run(cfg) -> dict:
                 to_embed += st.get("records_to_embed", 0)
             image_ds = next((ds for ds in datasets.values() if ds.source is not None), None)
             if image_ds is not None and to_embed:
+                # Embedding memory is measured, not modelled: the peak while a few batches run (the warm-up
+                # compiles), above the resident set before them, plus the matcher's variables already loaded.
+                memory.reset_peak()
+                before = memory.resident_mb()
                 rate = door.measure_embedding(image_ds, matcher, cfg.embed)
+                m_entry["embed_peak_memory_mb_measured"] = (memory.peak_resident_mb() - before + sum(
+                    np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(matcher.variables)) / 2**20)
                 m_entry["images_per_s_measured"] = rate
                 m_entry["embed_estimate_s"] = to_embed / rate
                 embed_s += to_embed / rate
         plan["matchers"][name] = m_entry
-    stages, pass_kinds = _stage_plan(cfg, datasets)
+    stages = _stage_plan(cfg, datasets)
     rates = _measure_engine(dim or 512)
     analysis_s = 0.0
     for stage, (n_pairs, kinds) in stages.items():
@@ -187,9 +194,11 @@ def dry_run(cfg) -> dict:
         plan["stages"][stage] = {"pairs": n_pairs, "passes": kinds, "estimate_s": secs}
         analysis_s += secs
     plan["engine_pairs_per_s_measured"] = rates
+    analyses_mb = _memory_estimate_mb(cfg, datasets, dim or 512)
+    embed_mb = max((m.get("embed_peak_memory_mb_measured", 0.0) for m in plan["matchers"].values()), default=0.0)
     plan["estimate"] = {"embed_s": embed_s, "analyses_s": analysis_s, "total_s": embed_s + analysis_s,
-                        "peak_memory_mb": _memory_estimate_mb(cfg, datasets, dim or 512, pass_kinds),
-                        "machine": _machine()}
+                        "analyses_memory_mb": analyses_mb, "embed_memory_mb_measured": embed_mb,
+                        "peak_memory_mb": max(analyses_mb, embed_mb), "machine": _machine()}
     plan["dry_run_seconds"] = time.time() - t_start
     return plan
 
@@ -209,7 +218,7 @@ def _reject_sample(ds, n: int = 16) -> dict:
     return {"sampled": int(len(ids)), "rejected": int(sum(reasons.values())), "reasons": reasons}
 
 
-def _stage_plan(cfg, datasets: dict) -> tuple[dict, set]:
+def _stage_plan(cfg, datasets: dict) -> dict:
     """stage -> (pairs evaluated, pass kinds), from the listed sizes (before rejects)."""
     n = {r: ds.num_records for r, ds in datasets.items()}
     out = {}
@@ -223,7 +232,7 @@ def _stage_plan(cfg, datasets: dict) -> tuple[dict, set]:
     labelled = datasets["synthetic"].labelled and datasets["members"].labelled
     if mode == "on" or (mode == "auto" and labelled):
         out["identity_relation"] = (n["members"] * n["synthetic"], ["histogram", "counts"])
-    return out, {k for _, kinds in out.values() for k in kinds}
+    return out
 
 
 def _measure_engine(dim: int, rows: int = 4096, cols: int = 8192) -> dict:
@@ -255,27 +264,33 @@ def _measure_engine(dim: int, rows: int = 4096, cols: int = 8192) -> dict:
     return out
 
 
-def _memory_estimate_mb(cfg, datasets: dict, dim: int, kinds: set) -> float:
-    """Peak memory above the runtime (MB): the largest pass's resident column set (the smaller set, up to the
-    engine's 1 GiB CPU budget, else a 16 MiB chunk), its streamed row group and top-k lists, plus the calibration
-    set for the calibration passes. An estimate from the engine's block rules, not a measurement."""
+def _memory_estimate_mb(cfg, datasets: dict, dim: int) -> float:
+    """Peak memory of the analyses above the runtime (MB), from the engine's block rules: every embedding set
+    (stores and .npy files are memory-mapped and every pass reads them whole, so all their pages become
+    resident; a ``real_all`` calibration concatenates members and non-members once more), plus the largest pass's
+    copy of its resident column set (the smaller set, up to the engine's 1 GiB CPU budget, else a 16 MiB chunk;
+    device memory on an accelerator, counted here all the same), its streamed row group and the top-k lists of
+    both directions. Checked against a measured audit in BENCHMARKS.md ("The dry run's memory estimate")."""
     n = {r: ds.num_records for r, ds in datasets.items()}
     k = int(max(cfg.attack.k, cfg.attack.membership_topk))
     row_bytes = dim * 4
+    stored_bytes = dim * (2 if cfg.embed.storage_dtype == "float16" and not config_lib.uses_embeddings(cfg) else 4)
     group_rows = 16 * 1024
 
     def pass_mb(n_rows, n_cols):
-        cols = min(n_cols * row_bytes, 1 << 30) if n_cols * row_bytes <= 1 << 30 else 16 << 20
+        cols = n_cols * row_bytes if n_cols * row_bytes <= 1 << 30 else 16 << 20
         return (cols + group_rows * row_bytes + (n_rows + n_cols) * k * 8) / 2**20
 
-    a, b = sorted((n["members"], n["synthetic"]))
-    peaks = [pass_mb(b, a)]
+    resident = sum(n.values()) * stored_bytes / 2**20
     nc, _ = _calibration_size(cfg, datasets) if "calibration" not in datasets else (0, None)
-    peaks.append(pass_mb(nc, nc))
+    if cfg.calibration.source == "real_all" and "nonmembers" in n:
+        resident += nc * row_bytes / 2**20
+    a, b = sorted((n["members"], n["synthetic"]))
+    peaks = [pass_mb(b, a), pass_mb(nc, nc)]
     if "nonmembers" in n:
         a, b = sorted((n["nonmembers"], n["synthetic"]))
         peaks.append(pass_mb(b, a))
-    return float(max(peaks))
+    return float(resident + max(peaks))
 
 
 def _machine() -> str:

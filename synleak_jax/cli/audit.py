@@ -83,14 +83,16 @@ def format_plan(plan: dict) -> str:
                 lines.append(f"      !! {st['note']}")
         if "images_per_s_measured" in m:
             lines.append(f"  {name}: {m['images_per_s_measured']:.1f} images/s measured here -> embedding "
-                         f"{m['embed_estimate_s']:.0f} s")
+                         f"{m['embed_estimate_s']:.0f} s; {m['embed_peak_memory_mb_measured']:.0f} MB measured while "
+                         "embedding")
     lines.append("stages (per matcher):")
     for stage, st in plan["stages"].items():
         lines.append(f"  {stage}: {st['pairs']:,} pairs, passes {', '.join(st['passes'])} -> {st['estimate_s']:.0f} s")
     e = plan["estimate"]
     lines.append(f"estimate on this machine ({e['machine']}): embedding {e['embed_s']:.0f} s + analyses "
                  f"{e['analyses_s']:.0f} s = {e['total_s']:.0f} s; peak memory above the runtime about "
-                 f"{e['peak_memory_mb']:.0f} MB")
+                 f"{e['peak_memory_mb']:.0f} MB (analyses {e['analyses_memory_mb']:.0f} MB from the engine's block "
+                 f"rules, embedding {e['embed_memory_mb_measured']:.0f} MB measured)")
     return "\n".join(lines)
 
 

@@ -60,8 +60,12 @@ def test_dry_run_from_embeddings_writes_nothing(tmp_path):
     assert _stage_pairs(text) == {"calibration": n["members"] * (n["members"] - 1) // 2,
                                   "members_x_synthetic": n["members"] * n["synthetic"],
                                   "nonmembers_x_synthetic": n["nonmembers"] * n["synthetic"]}
-    assert re.search(r"^estimate on this machine \(.+\): embedding 0 s \+ analyses \d+ s = \d+ s; peak memory above "
-                     r"the runtime about \d+ MB$", text, re.M)
+    memory = re.search(r"^estimate on this machine \(.+\): embedding 0 s \+ analyses \d+ s = \d+ s; peak memory "
+                       r"above the runtime about (\d+) MB \(analyses (\d+) MB from the engine's block rules, "
+                       r"embedding 0 MB measured\)$", text, re.M)
+    # the analyses hold every embedding set (memory-mapped, read whole) plus the passes' blocks
+    embeddings_mb = sum(s.nbytes for r, s in sets.items() if r in n) / 2**20
+    assert memory and memory.group(1) == memory.group(2) and int(memory.group(2)) >= int(embeddings_mb)
     # a user error in a dry run is the same one line as in a run
     msg = one_line_error(run_cli("synleak_jax.cli.audit", *args, f"--config.data.nonmembers.path={tmp_path / 'no.npy'}",
                                  "--dry_run", cwd=str(tmp_path)), "audit")
@@ -136,6 +140,10 @@ def test_dry_run_of_image_folders_reports_each_store_state_and_writes_nothing(fa
         "nonmembers_x_synthetic": n["nonmembers"] * n["synthetic"]}
     e = plan["estimate"]
     assert e["total_s"] == pytest.approx(e["embed_s"] + e["analyses_s"]) and e["peak_memory_mb"] > 0
+    # embedding memory is measured while the few batches run: at least the matcher's variables (dlib: 5.6M
+    # float32 parameters, 22 MB), and the estimate is the larger of the two phases
+    assert m["embed_peak_memory_mb_measured"] >= 20 and e["embed_memory_mb_measured"] == m["embed_peak_memory_mb_measured"]
+    assert e["peak_memory_mb"] == max(e["analyses_memory_mb"], e["embed_memory_mb_measured"])
 
     text = format_plan(plan)
     assert "  dlib_resnet_v1 / members: partial (1/3 chunks done) " + store["members"] in text
