@@ -77,38 +77,27 @@ def read_limit(size_on_disk: int, cap: int | None = None) -> int:
 def open_regular_file(path: str, error: Callable[[str], Exception], follow: bool = True) -> tuple[BinaryIO, int]:
     """Opens ``path`` for binary reading after checking it is a regular file: (file, size in bytes).
 
-    Every reader of an untrusted input opens it here, once per read. ``stat`` first (a socket cannot be opened,
-    a FIFO would block ``open`` forever, a device has no size), then ``open`` with ``O_NONBLOCK`` (a FIFO swapped
-    in after the ``stat`` does not block it) and ``O_NOFOLLOW`` unless ``follow``, then ``fstat`` of the
+    Every reader of an untrusted weights or bin file opens it here, once per read, through the data layer's one
+    door (:func:`synleak_jax.data.safe_paths.open_regular`): ``stat`` first (a socket cannot be opened, a FIFO
+    would block ``open`` forever, a device has no size), then ``open`` with ``O_NONBLOCK`` (a FIFO swapped in
+    after the ``stat`` does not block it) and ``O_NOFOLLOW`` unless ``follow``, then ``fstat`` of the
     descriptor: what is read is what was checked, whatever replaced the path in between.
 
     Raises FileNotFoundError when nothing is there, ``error(message)`` naming ``path`` otherwise.
     """
+    from synleak_jax.data import rejects, safe_paths  # data imports weights at module level: import here
+
     try:
-        st = os.stat(path, follow_symlinks=follow)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except OSError as e:
-        raise error(f"{path}: cannot stat it ({e.strerror or e})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise error(f"{path}: {describe_file_type(st.st_mode)}, not a regular file")
-    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
-    if not follow:
-        flags |= getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except OSError as e:
-        raise error(f"{path}: cannot open it ({e.strerror or e})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise error(f"{path}: {describe_file_type(st.st_mode)}, not a regular file (replaced after it was checked)")
-        return os.fdopen(fd, "rb"), int(st.st_size)
-    except BaseException:
-        os.close(fd)
-        raise
+        fd, size = safe_paths.open_regular(path, path, follow=follow)
+    except rejects.RecordError as e:
+        if e.code == rejects.MISSING_FILE:
+            raise FileNotFoundError(f"{path}: no such file") from None
+        what = {rejects.FIFO: "a FIFO (named pipe)", rejects.DEVICE: "a device", rejects.SOCKET: "a socket",
+                rejects.DIRECTORY: "a directory"}.get(e.code)
+        if what is not None:
+            raise error(f"{path}: {what}, not a regular file") from None
+        raise error(f"{path}: cannot open it ({e.detail.removeprefix(path + ': ')})") from None
+    return os.fdopen(fd, "rb"), size
 
 
 def regular_file_size(path: str, error: Callable[[str], Exception]) -> int:
