@@ -47,7 +47,6 @@ import json
 import math
 import os
 import platform
-import resource
 import signal
 import statistics
 import subprocess
@@ -57,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synleak_jax import files
+from synleak_jax import files, memory
 from synleak_jax.search import testdata
 
 
@@ -116,22 +115,6 @@ DEFAULT_SWEEPS: dict[str, dict[str, list]] = {
 
 DATA_KINDS = ("identities", "gaussian", "npy")
 _FAISS_MIN_TRAIN_PER_LIST = 39  # faiss warns (and clusters poorly) below 39 training points per list
-
-
-def _rss_mb() -> float:
-    """This process's peak resident set (VmHWM). Not getrusage's ru_maxrss: Linux keeps that across execve, so a
-    worker started by a large parent (e.g. after the calibration) would report the parent's peak (measured:
-    an 800 MB parent gave its child ru_maxrss 795 MB, VmHWM 11 MB)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # not Linux: the best there is
-
-
-def _current_rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 # ------------------------------------------------------------------------------------------- backends, sweeps
@@ -334,21 +317,21 @@ def worker(spec_path: str) -> None:
 
     spec = json.loads(Path(spec_path).read_text())
     single_arena = bool(spec.get("malloc_single_arena")) and limit_malloc_retention()
-    base_rss = _current_rss_mb()
+    base_rss = memory.resident_mb()
     import jax
 
-    runtime_rss = _current_rss_mb()
+    runtime_rss = memory.resident_mb()
     _init_runtime(spec["backend"])
-    init_rss = _current_rss_mb()
+    init_rss = memory.resident_mb()
     q = load_npy_aligned(spec["queries"])
     db = load_npy_aligned(spec["database"])
-    data_rss = _current_rss_mb()
+    data_rss = memory.resident_mb()
     k = int(spec["k"])
     points = spec["points"]
     max_search = {key: max(p[key] for p in points) for key in (points[0] if points else {})}
     make_run, build_s = _build(spec["backend"], spec["build"], max_search, q, db, k,
                                spec.get("device_resident", False))
-    built_rss = _current_rss_mb()
+    built_rss = memory.resident_mb()
     results = []
     for j, search in enumerate(points):
         run = make_run(search)
@@ -371,7 +354,7 @@ def worker(spec_path: str) -> None:
         results.append(res)
     summary = {
         "backend": spec["backend"], "build": spec["build"], "points": results, "build_s": build_s,
-        "peak_rss_mb": _rss_mb(), "start_rss_mb": base_rss, "runtime_rss_mb": runtime_rss, "init_rss_mb": init_rss,
+        "peak_rss_mb": memory.peak_resident_mb(), "start_rss_mb": base_rss, "runtime_rss_mb": runtime_rss, "init_rss_mb": init_rss,
         "data_loaded_rss_mb": data_rss, "build_rss_mb": built_rss - data_rss, "malloc_single_arena": single_arena,
         "devices": [str(d) for d in jax.devices()],
     }
