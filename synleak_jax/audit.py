@@ -203,6 +203,47 @@ def dry_run(cfg) -> dict:
     return plan
 
 
+def format_plan(plan: dict) -> str:
+    """The dry run's plan as text for the terminal."""
+    lines = ["DRY RUN: nothing embedded, no store written", "", "datasets:"]
+    for role, d in plan["datasets"].items():
+        extra = f", {d['identities']:,} identities" if d.get("identities") is not None else ""
+        colour = "" if d["kind"] == "embeddings" else (  # features as given: no pixels, no colour order
+            f", colour order {d['channel_order']}" + (f" ({d['channel_order_reason']})"
+                                                       if d.get("channel_order_reason") else ""))
+        lines.append(f"  {role}: kind={d['kind']} {d['path']} — {d['records']:,} records{extra}{colour}")
+        rs = d.get("reject_sample")
+        if rs:
+            lines.append(f"    sample of {rs['sampled']} records: {rs['rejected']} rejected"
+                         + (f" {rs['reasons']}" if rs["reasons"] else ""))
+        if d.get("face_check_not_run"):
+            lines.append(f"    face check: not run ({d['face_check_not_run']})")
+        for template, fc in (d.get("face_check") or {}).items():
+            lines.append(f"    face check vs {template}: {fc}")
+    lines.append("stores:")
+    for name, m in plan["matchers"].items():
+        for role, st in m["stores"].items():
+            more = f" ({st['chunks_done']}/{st['chunks_total']} chunks done)" if "chunks_total" in st else ""
+            lines.append(f"  {name} / {role}: {st['status']}{more} {st.get('path', '')}")
+            for diff in st.get("differences", []):
+                lines.append(f"      differs: {diff}")
+            if st.get("note"):
+                lines.append(f"      !! {st['note']}")
+        if "images_per_s_measured" in m:
+            lines.append(f"  {name}: {m['images_per_s_measured']:.1f} images/s measured here -> embedding "
+                         f"{m['embed_estimate_s']:.0f} s; {m['embed_peak_memory_mb_measured']:.0f} MB measured while "
+                         "embedding")
+    lines.append("stages (per matcher):")
+    for stage, st in plan["stages"].items():
+        lines.append(f"  {stage}: {st['pairs']:,} pairs, passes {', '.join(st['passes'])} -> {st['estimate_s']:.0f} s")
+    e = plan["estimate"]
+    lines.append(f"estimate on this machine ({e['machine']}): embedding {e['embed_s']:.0f} s + analyses "
+                 f"{e['analyses_s']:.0f} s = {e['total_s']:.0f} s; peak memory above the runtime about "
+                 f"{e['peak_memory_mb']:.0f} MB (analyses {e['analyses_memory_mb']:.0f} MB from the engine's block "
+                 f"rules, embedding {e['embed_memory_mb_measured']:.0f} MB measured)")
+    return "\n".join(lines)
+
+
 def _reject_sample(ds, n: int = 16) -> dict:
     """Decodes a seeded sample of records: how many decode, and the reasons of those that do not."""
     ids = np.random.default_rng(0).choice(len(ds.source), min(n, len(ds.source)), replace=False)

@@ -1,4 +1,4 @@
-"""synleak-audit --dry_run (audit.dry_run, cli/audit.format_plan): it lists every dataset (kind, count, a sample of
+"""synleak-audit --dry_run (audit.dry_run, audit.format_plan): it lists every dataset (kind, count, a sample of
 rejects, the face check), says what it would do with every store (absent, partial, complete, refused), gives the
 pairs of every stage and a measured estimate, and writes nothing.
 
@@ -89,7 +89,6 @@ def face_folders(tmp_path_factory):
 
 def test_dry_run_of_image_folders_reports_each_store_state_and_writes_nothing(face_folders, tmp_path):
     from synleak_jax import audit
-    from synleak_jax.cli.audit import format_plan
     from synleak_jax.cli.common import PresetFileParser
     from synleak_jax.embed import door
 
@@ -145,7 +144,7 @@ def test_dry_run_of_image_folders_reports_each_store_state_and_writes_nothing(fa
     assert m["embed_peak_memory_mb_measured"] >= 20 and e["embed_memory_mb_measured"] == m["embed_peak_memory_mb_measured"]
     assert e["peak_memory_mb"] == max(e["analyses_memory_mb"], e["embed_memory_mb_measured"])
 
-    text = format_plan(plan)
+    text = audit.format_plan(plan)
     assert "  dlib_resnet_v1 / members: partial (1/3 chunks done) " + store["members"] in text
     assert "!! the audit would refuse this store" in text
     assert "    sample of 16 records: 0 rejected\n" in text

@@ -227,7 +227,7 @@ def test_progress_lines_with_rate_and_eta(detector, astronaut, caplog):  # noqa:
     import re
 
     chip = np.asarray(Image.fromarray(astronaut).resize((112, 112)))
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):  # an earlier in-process CLI may have set absl to WARNING
         face_check.check_faces(_source([chip] * 4), "arcface112", aligned=True, detector=detector,
                                progress_every_s=0.0)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("face check vs arcface112: ")]

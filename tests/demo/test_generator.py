@@ -35,7 +35,7 @@ def test_training_logs_a_start_line_and_progress_with_rate_and_eta(caplog):
     import re
 
     x = generator_lib.resize(generator_lib.lfw_faces()[:4], generator_lib.SIZE)
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):  # an earlier in-process CLI may have set absl to WARNING
         generator_lib.train(x, steps=3, seed=0, progress_every_s=0.0)
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0] == "demo generator: training 3 steps on 4 images (the first step compiles)"
