@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from synleak_jax.data import align, detect, rejects
+from synleak_jax.progress import Progress
 
 
 class FaceCheckError(ValueError):
@@ -264,7 +265,6 @@ def check_faces(source, spec_or_template="arcface112", *, aligned: bool, config:
     ids = sample_ids(len(source), config.sample_size, config.seed)
     outcomes = []
     start = time.perf_counter()
-    from synleak_jax.embed.engine import Progress  # here: embed/ imports data/
 
     progress = Progress(len(ids), progress_every_s, f"face check vs {template.name}", unit="images", scope="")
     for record_id in ids:

@@ -27,7 +27,7 @@ import optax
 from absl import logging
 from PIL import Image
 
-from synleak_jax.embed.engine import Progress
+from synleak_jax.progress import Progress
 from synleak_jax.files import atomic_write
 
 SIZE = 32  # generator working resolution (pixels)

@@ -43,6 +43,7 @@ from synleak_jax.embed.store import (
     identity_diff,
 )
 from synleak_jax.files import NpyFile, safe_name
+from synleak_jax.progress import Progress
 from synleak_jax.models import registry
 from synleak_jax.weights import convert_dlib, load_weights
 from synleak_jax.weights import loader as weights_loader
@@ -532,7 +533,7 @@ def embed_records(ds: Dataset, matcher: Matcher, record_ids, *, channel_order: s
     ids = np.asarray(record_ids, np.int64)
     batches = feed.pipeline_batches(ds.source, matcher.spec, **kwargs)(ids, batch)
     rows, embs = [], []
-    for res in engine.run(batches, batch, progress=eng.Progress(len(ids), 10.0, f"{ds.field}: {progress}")):
+    for res in engine.run(batches, batch, progress=Progress(len(ids), 10.0, f"{ds.field}: {progress}")):
         rows.append(res.record_id)
         embs.append(res.embedding)
     if not rows:

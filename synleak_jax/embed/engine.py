@@ -21,7 +21,6 @@ host before anything reaches the store; rejected rows (``reject_code > 0``) beco
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -35,6 +34,7 @@ from jax.sharding import PartitionSpec as P
 
 from synleak_jax.embed import distributed
 from synleak_jax.files import versions
+from synleak_jax.progress import Progress
 from synleak_jax.embed.store import ChunkPlan, StoreWriter
 from synleak_jax.models.registry import InputSpec
 from synleak_jax.models.layers import cpu_compiler_options
@@ -263,35 +263,6 @@ def _check_batch(batch: dict, local_batch: int, spec: InputSpec) -> None:
     want = (local_batch, spec.height, spec.width, 3)
     if tuple(batch["image"].shape) != want:
         raise ValueError(f"batch image has shape {tuple(batch['image'].shape)}, the model expects {want}")
-
-
-class Progress:
-    """Logs rows/s and ETA on process 0 at most every ``every_s`` seconds (``unit``: what a row is, e.g. "images"
-    or "steps"; ``scope``: appended to the count, " (this process)" for a process's share of a global job)."""
-
-    def __init__(self, total_rows: int, every_s: float = 10.0, name: str = "embed", *, unit: str = "images",
-                 scope: str = " (this process)"):
-        self.total = int(total_rows)
-        self.done = 0
-        self.every_s = every_s
-        self.name = name
-        self.unit = unit
-        self.scope = scope
-        self.t0 = time.perf_counter()
-        self._last = self.t0
-
-    def update(self, rows: int) -> None:
-        self.done += rows
-        now = time.perf_counter()
-        if now - self._last >= self.every_s and jax.process_index() == 0:
-            self._last = now
-            rate = self.done / max(now - self.t0, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else math.inf
-            logging.info("%s: %d/%d %s%s, %.1f %s/s, ETA %.0f s",
-                         self.name, self.done, self.total, self.unit, self.scope, rate, self.unit, eta)
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
 
 
 # ---------------------------------------------------------------------------------- store driver
