@@ -1,4 +1,5 @@
-"""Files that several packages write: one atomic writer, JSON helpers, version stamps, safe file names.
+"""Files that several packages write or read: one atomic writer, one checked open, JSON helpers, version stamps,
+safe file names.
 
 Every file the project writes for others to read (store chunks and markers, stage results, report files,
 converted weights' metadata) goes through :func:`atomic_write` or :func:`atomic_save_npy`: the bytes go to a
@@ -14,7 +15,10 @@ import importlib.metadata
 import io
 import json
 import math
+import errno
 import os
+import stat
+import sys
 import tempfile
 import tokenize
 from typing import Any, Callable
@@ -90,12 +94,89 @@ def atomic_save_npz(dest: str, **arrays: np.ndarray) -> str:
     return atomic_write_stream(dest, lambda f: np.savez(f, **arrays))
 
 
-def sha256_file(path: str) -> str:
+class NotARegularFile(OSError):
+    """What :func:`open_checked` refuses. ``kind``: "fifo", "device", "socket", "directory", "symlink", "other"
+    (a file type that is none of these), "too_large" or "unreadable"; ``detail``: a phrase for the message."""
+
+    def __init__(self, kind: str, path: str, detail: str = ""):
+        super().__init__(f"{path}: {detail or kind}")
+        self.kind, self.path, self.detail = kind, path, detail
+
+
+_FILE_KINDS = ((stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "device"), (stat.S_ISBLK, "device"),
+               (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "directory"), (stat.S_ISLNK, "symlink"))
+
+
+def file_kind(mode: int) -> str:
+    """"regular", "fifo", "device", "socket", "directory", "symlink" or "other" for an ``st_mode``."""
+    if stat.S_ISREG(mode):
+        return "regular"
+    return next((kind for test, kind in _FILE_KINDS if test(mode)), "other")
+
+
+def _require_regular(st: os.stat_result, path: str, max_bytes: int) -> None:
+    kind = file_kind(st.st_mode)
+    if kind != "regular":
+        raise NotARegularFile(kind, path)
+    if st.st_size > max_bytes:
+        raise NotARegularFile("too_large", path, f"{st.st_size} bytes > cap {max_bytes}")
+
+
+def open_checked(path: str, follow: bool = False, max_bytes: int | None = None) -> tuple[int, int]:
+    """Opens an untrusted input for reading if, and only if, it is a regular file: (fd, size in bytes).
+
+    The one door every reader of an input file goes through (images, RecordIO, weights, verification bins; the
+    data layer's ``safe_paths.open_regular`` and the weights readers' ``read_limits.open_regular_file`` only
+    translate its refusals). ``stat`` first (a socket cannot be opened, a FIFO would block ``open`` forever, a
+    device has no size), then ``open`` with ``O_NONBLOCK`` (a FIFO swapped in after the ``stat`` cannot block it)
+    and ``O_NOFOLLOW`` unless ``follow``, then ``fstat`` of the descriptor: what is read is what was checked,
+    whatever replaced the path in between. Raises FileNotFoundError, or :class:`NotARegularFile`.
+    """
+    try:
+        st = os.stat(path, follow_symlinks=follow)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise NotARegularFile("unreadable", path, str(e.strerror or e)) from None
+    if not follow and stat.S_ISLNK(st.st_mode):
+        raise NotARegularFile("symlink", path, "became a symlink after listing")
+    cap = max_bytes if max_bytes is not None else sys.maxsize
+    _require_regular(st, path, cap)
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+    if not follow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotARegularFile("symlink", path, "became a symlink after listing") from None
+        if e.errno == errno.ENXIO:  # a socket swapped in after the stat
+            raise NotARegularFile("socket", path) from None
+        raise NotARegularFile("unreadable", path, str(e.strerror)) from None
+    try:
+        st = os.fstat(fd)
+        _require_regular(st, path, cap)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, int(st.st_size)
+
+
+def sha256_stream(f, block_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of an open binary file from its current position, read in ``block_bytes`` blocks."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for block in iter(lambda: f.read(block_bytes), b""):
+        h.update(block)
     return h.hexdigest()
+
+
+def sha256_file(path: str) -> str:
+    """Hex SHA-256 of a regular file (symlinks followed), opened through :func:`open_checked` (OSError if not)."""
+    fd, _ = open_checked(path, follow=True)
+    with os.fdopen(fd, "rb") as f:
+        return sha256_stream(f)
 
 
 def to_jsonable(x: Any) -> Any:

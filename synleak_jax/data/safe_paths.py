@@ -18,12 +18,10 @@ unambiguous display string (used by every source's ``describe``).
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
-import sys
 from typing import Callable
 
+from synleak_jax import files
 from synleak_jax.data import rejects
 
 #: Default cap on the bytes of one image file or RecordIO record (256 MiB). Why this much: an image within the
@@ -35,10 +33,6 @@ DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
 PEEK_BYTES = 64 * 1024
 
 #: st_mode file type -> reject code for what is not a regular file.
-_NON_REGULAR = ((stat.S_ISFIFO, rejects.FIFO), (stat.S_ISCHR, rejects.DEVICE), (stat.S_ISBLK, rejects.DEVICE),
-                (stat.S_ISSOCK, rejects.SOCKET), (stat.S_ISDIR, rejects.DIRECTORY))
-
-
 def real_root(root: str | os.PathLike) -> str:
     """Absolute real path of a dataset root; DataError naming the path if it is missing or not a directory."""
     root = os.fspath(root)
@@ -89,60 +83,30 @@ def display_path(name: str | bytes | os.PathLike) -> str:
     return "".join(out)
 
 
+_CODES = {"fifo": rejects.FIFO, "device": rejects.DEVICE, "socket": rejects.SOCKET, "directory": rejects.DIRECTORY,
+          "symlink": rejects.PATH_ESCAPE, "too_large": rejects.TOO_LARGE, "unreadable": rejects.UNREADABLE,
+          "other": rejects.UNREADABLE}
+
+
 def non_regular_code(mode: int) -> int:
-    """Reject code for a ``st_mode`` that is not a regular file (FIFO, DEVICE, SOCKET, DIRECTORY); 0 if regular."""
-    if stat.S_ISREG(mode):
-        return 0
-    for test, code in _NON_REGULAR:
-        if test(mode):
-            return code
-    return rejects.UNREADABLE  # other types (e.g. a symlink seen with lstat) are not read
-
-
-def _check_regular(st: os.stat_result, where: str, max_bytes: int) -> None:
-    code = non_regular_code(st.st_mode)
-    if code:
-        raise rejects.RecordError(code, where)
-    if st.st_size > max_bytes:
-        raise rejects.RecordError(rejects.TOO_LARGE, f"{where}: {st.st_size} bytes > cap {max_bytes}")
+    """Reject code for a ``st_mode`` that is not a regular file (FIFO, DEVICE, SOCKET, DIRECTORY); 0 if regular.
+    Other types (e.g. a symlink seen with lstat) are UNREADABLE: they are not read."""
+    kind = files.file_kind(mode)
+    return 0 if kind == "regular" else _CODES[kind] if kind != "symlink" else rejects.UNREADABLE
 
 
 def open_regular(path: str, where: str, follow: bool = False, max_bytes: int | None = None) -> tuple[int, int]:
     """Opens a regular file for reading: (fd, size). Everything else raises :class:`RecordError` with its code.
 
-    ``stat`` first (sockets cannot be opened and FIFOs would block), then ``open`` with ``O_NONBLOCK`` and
-    ``O_NOFOLLOW`` (unless ``follow``), then ``fstat`` of the descriptor: what is read is what was checked.
+    :func:`synleak_jax.files.open_checked` (``stat``, a non-blocking ``open``, ``fstat`` of the descriptor), its
+    refusals as reject codes; ``where`` names the record in the message.
     """
     try:
-        st = os.stat(path, follow_symlinks=follow)
+        return files.open_checked(path, follow=follow, max_bytes=max_bytes)
     except FileNotFoundError:
         raise rejects.RecordError(rejects.MISSING_FILE, where) from None
-    except OSError as e:
-        raise rejects.RecordError(rejects.UNREADABLE, f"{where}: {e.strerror or e}") from None
-    if not follow and stat.S_ISLNK(st.st_mode):
-        raise rejects.RecordError(rejects.PATH_ESCAPE, f"{where}: became a symlink after listing")
-    cap = max_bytes if max_bytes is not None else sys.maxsize
-    _check_regular(st, where, cap)
-    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
-    if not follow:
-        flags |= getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise rejects.RecordError(rejects.MISSING_FILE, where) from None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise rejects.RecordError(rejects.PATH_ESCAPE, f"{where}: became a symlink after listing") from None
-        if e.errno == errno.ENXIO:  # a socket swapped in after the stat
-            raise rejects.RecordError(rejects.SOCKET, where) from None
-        raise rejects.RecordError(rejects.UNREADABLE, f"{where}: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        _check_regular(st, where, cap)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, int(st.st_size)
+    except files.NotARegularFile as e:
+        raise rejects.RecordError(_CODES[e.kind], f"{where}: {e.detail}" if e.detail else where) from None
 
 
 def read_bytes(path: str, where: str, follow: bool = False, max_bytes: int = DEFAULT_MAX_FILE_BYTES,

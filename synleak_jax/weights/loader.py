@@ -19,7 +19,6 @@ is given, then ``converters.load_state_dict_into``), which check every key and s
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import re
 import stat
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from synleak_jax import files
 from synleak_jax.weights import orbax_io, torch_pickle
 from synleak_jax.weights.read_limits import describe_file_type, open_regular_file
 
@@ -67,12 +67,10 @@ class WeightsInfo:
 
 
 def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, streamed in ``chunk_bytes`` blocks (constant memory)."""
-    h = hashlib.sha256()
+    """Hex SHA-256 of a weights file, streamed in ``chunk_bytes`` blocks (constant memory); WeightsFormatError
+    naming the file if it is not a regular file."""
     with open_regular_file(os.fspath(path), WeightsFormatError)[0] as f:
-        while chunk := f.read(chunk_bytes):
-            h.update(chunk)
-    return h.hexdigest()
+        return files.sha256_stream(f, chunk_bytes)
 
 
 def _looks_like_onnx(head: bytes) -> bool:

@@ -37,6 +37,8 @@ from typing import BinaryIO, Callable
 
 import numpy as np
 
+from synleak_jax import files
+
 ENV_VAR = "SYNLEAK_MAX_READ_BYTES"
 READ_MULTIPLE = 4
 READ_SLACK_BYTES = 64 << 20
@@ -77,26 +79,22 @@ def read_limit(size_on_disk: int, cap: int | None = None) -> int:
 def open_regular_file(path: str, error: Callable[[str], Exception], follow: bool = True) -> tuple[BinaryIO, int]:
     """Opens ``path`` for binary reading after checking it is a regular file: (file, size in bytes).
 
-    Every reader of an untrusted weights or bin file opens it here, once per read, through the data layer's one
-    door (:func:`synleak_jax.data.safe_paths.open_regular`): ``stat`` first (a socket cannot be opened, a FIFO
-    would block ``open`` forever, a device has no size), then ``open`` with ``O_NONBLOCK`` (a FIFO swapped in
-    after the ``stat`` does not block it) and ``O_NOFOLLOW`` unless ``follow``, then ``fstat`` of the
-    descriptor: what is read is what was checked, whatever replaced the path in between.
-
-    Raises FileNotFoundError when nothing is there, ``error(message)`` naming ``path`` otherwise.
+    Every reader of an untrusted weights or bin file opens it here, once per read: the project's one checked
+    open, :func:`synleak_jax.files.open_checked` (``stat``, an ``O_NONBLOCK`` open, ``O_NOFOLLOW`` unless
+    ``follow``, ``fstat`` of the descriptor), so a FIFO or symlink swapped in after the check is refused, never
+    waited on or followed. Raises FileNotFoundError when nothing is there, ``error(message)`` naming ``path``
+    otherwise.
     """
-    from synleak_jax.data import rejects, safe_paths  # data imports weights at module level: import here
-
     try:
-        fd, size = safe_paths.open_regular(path, path, follow=follow)
-    except rejects.RecordError as e:
-        if e.code == rejects.MISSING_FILE:
-            raise FileNotFoundError(f"{path}: no such file") from None
-        what = {rejects.FIFO: "a FIFO (named pipe)", rejects.DEVICE: "a device", rejects.SOCKET: "a socket",
-                rejects.DIRECTORY: "a directory"}.get(e.code)
+        fd, size = files.open_checked(path, follow=follow)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except files.NotARegularFile as e:
+        what = {"fifo": "a FIFO (named pipe)", "device": "a device", "socket": "a socket",
+                "directory": "a directory"}.get(e.kind)
         if what is not None:
             raise error(f"{path}: {what}, not a regular file") from None
-        raise error(f"{path}: cannot open it ({e.detail.removeprefix(path + ': ')})") from None
+        raise error(f"{path}: cannot open it ({e.detail or e.kind})") from None
     return os.fdopen(fd, "rb"), size
 
 
