@@ -208,7 +208,7 @@ def test_every_reader_refuses_a_fifo_swapped_in_after_the_check(reader, swapped_
 
 def test_readers_open_inputs_only_through_the_checked_open():
     """Every read of an untrusted weights or bin file goes through ``open_regular_file`` (or the data layer's
-    ``safe_paths.open_regular``): a bare ``open(..., "rb")`` would reopen by path after the check."""
+    ``safe_paths.open_regular``; both are ``files.open_checked``): a bare ``open(..., "rb")`` would reopen by path after the check."""
     import pathlib
     import re
 
